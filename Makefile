@@ -1,0 +1,80 @@
+# mpic — make targets. `make run` and `make test` are all a newcomer needs.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+MPIC := $(VENV)/bin/mpic
+PROFILE ?= demo
+ARGS ?=
+# Debian packages: audio I/O, the FluidSynth renderer + FluidR3_GM sample library, headless Chromium (browser tests)
+APT_PACKAGES := libsndfile1 libfluidsynth3 fluid-soundfont-gm chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help setup system-deps test test-fast lint format run data train fuse evaluate serve mlflow bench bench-quick clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+system-deps: ## install the Debian packages the project needs (skips what is there)
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing: $$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends $$missing; \
+	else echo "system packages present"; fi
+
+$(VENV)/.installed: pyproject.toml
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -e '.[dev]'
+	@touch $@
+
+setup: system-deps $(VENV)/.installed ## a .venv with the project (editable) and dev tools, plus Debian packages
+
+test: setup ## run the whole test suite
+	$(PY) -m pytest -q
+
+test-fast: ## tests without Ray, Serve or the browser (seconds)
+	$(PY) -m pytest -q tests/ml
+
+lint: ## ruff + mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check ml serve ray_jobs bench
+	$(VENV)/bin/mypy ml serve ray_jobs
+
+format: ## apply ruff's formatting and fixes
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format ml serve ray_jobs bench tests
+
+data: setup ## render the demo data set (once)
+	@if [ -d "$$($(PY) -c 'from ml.config import load_config; print(load_config(profile="$(PROFILE)").data.root)')/IRMAS-TrainingData" ]; then \
+	  echo "demo data present"; else $(MPIC) synth --profile $(PROFILE); fi
+
+train: setup ## train the ensemble on a local Ray (or ray.address)
+	$(MPIC) train --profile $(PROFILE) $(ARGS)
+
+fuse: setup ## search fusion weights and thresholds on out-of-fold predictions
+	$(MPIC) fuse --profile $(PROFILE) $(ARGS)
+
+evaluate: setup ## evaluate members and the ensemble on the test excerpts
+	$(MPIC) evaluate --profile $(PROFILE) $(ARGS)
+
+serve: setup ## serve the ensemble: API + web page on http://127.0.0.1:8080
+	$(MPIC) serve --profile $(PROFILE) $(ARGS)
+
+run: setup data train fuse ## install, build demo data, train, fuse and serve (the newcomer's command)
+	$(MPIC) evaluate --profile $(PROFILE)
+	$(MPIC) serve --profile $(PROFILE)
+
+mlflow: setup ## MLflow UI on http://127.0.0.1:5000 (SQL store)
+	$(MPIC) mlflow --profile $(PROFILE)
+
+bench: setup ## benchmarks → docs/benchmarks.md
+	$(PY) -m bench.run
+
+bench-quick: setup ## a quick benchmark run
+	$(PY) -m bench.run --quick
+
+clean: ## remove caches, runs and demo data (keeps .venv)
+	rm -rf .cache data/demo test-artifacts .pytest_cache .mypy_cache .ruff_cache

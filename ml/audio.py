@@ -1,0 +1,179 @@
+"""The one audio decoder used by everything (training cache, CLI, evaluation and Serve).
+
+Any input libsndfile reads (WAV 8/16/24/32-bit int and 32/64-bit float, FLAC, OGG/Vorbis, MP3, AIFF, …),
+any sample rate and channel count → mono float32 at the requested rate. Bad input fails with a typed
+:class:`AudioError` carrying a short machine-readable ``code`` and a human reason, never deep inside torch.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as taf
+
+
+class AudioError(ValueError):
+    """Input that cannot be turned into a usable waveform; ``code`` is stable for APIs and tests."""
+
+    code = "invalid_audio"
+
+
+class EmptyAudioError(AudioError):
+    """Zero bytes, or a container with no samples."""
+
+    code = "empty"
+
+
+class UndecodableAudioError(AudioError):
+    """Not a format the decoder reads, or a corrupt/truncated header."""
+
+    code = "undecodable"
+
+
+class InvalidSamplesError(AudioError):
+    """Samples that are NaN or infinite."""
+
+    code = "invalid_samples"
+
+
+class TooLongAudioError(AudioError):
+    """Longer than the configured limit; rejected before the samples are decoded."""
+
+    code = "too_long"
+
+
+class TooShortAudioError(AudioError):
+    """Shorter than the configured minimum."""
+
+    code = "too_short"
+
+
+@dataclass(frozen=True)
+class Audio:
+    """A decoded mono waveform and what was learnt about its source."""
+
+    wave: np.ndarray  # (S,) float32, mono, at `sample_rate`
+    sample_rate: int
+    source_rate: int
+    channels: int
+    format: str
+    subtype: str
+    silent: bool  # overall level below the silence floor: callers report it instead of guessing labels
+
+    @property
+    def duration_s(self) -> float:
+        """Duration in seconds."""
+        return len(self.wave) / self.sample_rate
+
+
+Source = bytes | bytearray | memoryview | str | Path | BinaryIO
+
+
+def _open(source: Source) -> BinaryIO | str:
+    if isinstance(source, bytes | bytearray | memoryview):
+        if len(source) == 0:
+            raise EmptyAudioError("the file is empty (0 bytes)")
+        return io.BytesIO(bytes(source))
+    if isinstance(source, str | Path):
+        p = Path(source)
+        if not p.is_file():
+            raise UndecodableAudioError(f"no such file: {p}")
+        if p.stat().st_size == 0:
+            raise EmptyAudioError("the file is empty (0 bytes)")
+        return str(p)
+    return source
+
+
+def rms_dbfs(wave: np.ndarray) -> float:
+    """Root-mean-square level in dB relative to full scale (−inf for digital silence)."""
+    if wave.size == 0:
+        return -math.inf
+    rms = float(np.sqrt(np.mean(np.square(wave, dtype=np.float64))))
+    return 20.0 * math.log10(rms) if rms > 0 else -math.inf
+
+
+def resample(wave: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
+    """Band-limited resampling (torchaudio's windowed-sinc) of a mono float32 wave."""
+    if orig_rate == new_rate:
+        return np.ascontiguousarray(wave, dtype=np.float32)
+    t = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+    return taf.resample(t, orig_rate, new_rate).numpy()
+
+
+def decode(
+    source: Source,
+    sample_rate: int | None = None,
+    *,
+    max_seconds: float | None = 600.0,
+    min_seconds: float = 0.0,
+    silence_dbfs: float = -70.0,
+) -> Audio:
+    """Decode audio bytes, a path or a file object to mono float32.
+
+    Args:
+        source: Raw bytes, a path, or a binary file object.
+        sample_rate: Target rate in Hz; None keeps the source rate.
+        max_seconds: Reject longer input (checked from the header before decoding the samples).
+        min_seconds: Reject shorter input.
+        silence_dbfs: Below this overall RMS level the result is flagged ``silent``.
+
+    Returns:
+        The decoded :class:`Audio`.
+
+    Raises:
+        AudioError: One of its subclasses, with a reason a person can act on.
+    """
+    handle = _open(source)
+    try:
+        with sf.SoundFile(handle) as f:
+            rate, channels, frames = int(f.samplerate), int(f.channels), int(f.frames)
+            fmt, subtype = str(f.format), str(f.subtype)
+            if rate <= 0 or channels <= 0:
+                raise UndecodableAudioError(f"invalid header: {rate} Hz, {channels} channels")
+            if max_seconds is not None and frames > 0 and frames / rate > max_seconds:
+                raise TooLongAudioError(f"{frames / rate:.1f} s is longer than the limit of {max_seconds:g} s")
+            data = f.read(dtype="float32", always_2d=True)  # (frames, channels)
+    except AudioError:
+        raise
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as e:
+        raise UndecodableAudioError(f"not a readable audio file ({_short(e)})") from None
+    if data.shape[0] == 0:
+        raise EmptyAudioError("the file contains no audio samples")
+    if not np.isfinite(data).all():
+        raise InvalidSamplesError("the audio contains NaN or infinite samples")
+    # Averaging channels keeps the level of correlated stereo and avoids clipping (sum would double it).
+    wave = data.mean(axis=1) if channels > 1 else data[:, 0]
+    duration = wave.shape[0] / rate
+    if max_seconds is not None and duration > max_seconds:
+        raise TooLongAudioError(f"{duration:.1f} s is longer than the limit of {max_seconds:g} s")
+    if duration < min_seconds:
+        raise TooShortAudioError(f"{duration * 1000:.0f} ms is shorter than the minimum of {min_seconds:g} s")
+    target = sample_rate or rate
+    wave = resample(wave, rate, target)
+    np.clip(wave, -1.0, 1.0, out=wave)  # float WAVs may exceed full scale; the models never saw that
+    return Audio(
+        wave=wave,
+        sample_rate=target,
+        source_rate=rate,
+        channels=channels,
+        format=fmt,
+        subtype=subtype,
+        silent=rms_dbfs(wave) < silence_dbfs,
+    )
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text[:160]
+
+
+def write_wav(path: str | Path, wave: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> None:
+    """Write a mono or (S, C) float wave as WAV (used by the synthesiser, tests and benchmarks)."""
+    sf.write(str(path), np.asarray(wave, dtype=np.float32), sample_rate, subtype=subtype)

@@ -1,0 +1,574 @@
+"""Typed, validated project configuration.
+
+`config.yml` is parsed once into a frozen :class:`Config`. Every command accepts ``--config PATH``,
+``--profile NAME`` (a named partial config deep-merged over the base) and ``--set a.b=value`` overrides
+(the value is parsed as YAML). An unknown key or a bad value fails with a :class:`ConfigError` naming the
+dotted path and, where the schema knows them, the allowed values.
+
+Relative paths are resolved against the directory of the config file, so a loaded config holds absolute
+paths and can be shipped to Ray workers as is.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROJECT_DIR = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG_NAME = "config.yml"
+CONFIG_ENV = "MPIC_CONFIG"
+PROFILE_ENV = "MPIC_PROFILE"
+
+Aggregation = Literal["mean", "max", "s2"]
+Objective = Literal["macro_f1", "micro_f1", "lrap"]
+
+
+class ConfigError(ValueError):
+    """A configuration file, profile or override is invalid; the message names every bad path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Label(_Strict):
+    """One instrument class: a short code (used in file names, APIs, CSV) and a display name."""
+
+    code: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,15}$")]
+    name: str
+
+
+class AudioConfig(_Strict):
+    """Limits applied by the one audio decoder (`ml.audio`)."""
+
+    max_seconds: Annotated[float, Field(gt=0)] = 600.0
+    min_seconds: Annotated[float, Field(ge=0)] = 0.05
+    silence_dbfs: float = -70.0
+
+
+class DataConfig(_Strict):
+    """Where the IRMAS-layout data set lives and where derived files (manifest, caches) go."""
+
+    root: Path = Path("data/demo")
+    cache_dir: Path = Path(".cache/mpic")
+    test_root: Path | None = None
+
+
+class SynthConfig(_Strict):
+    """Synthetic IRMAS-style data set rendered with General MIDI sample libraries."""
+
+    train_clips: Annotated[int, Field(ge=1)] = 440
+    test_excerpts: Annotated[int, Field(ge=0)] = 40
+    seed: int = 0
+    soundfonts: list[str] = ["timgm6mb"]
+    sample_rate: Annotated[int, Field(ge=8000)] = 44100
+    clips_per_recording: Annotated[int, Field(ge=1)] = 3
+    workers: Annotated[int, Field(ge=1)] | None = None
+    programs: dict[str, list[Annotated[int, Field(ge=0, le=127)]]] = {}
+
+
+class FoldsConfig(_Strict):
+    """Cross-validation folds: label-stratified, grouped by source recording."""
+
+    k: Annotated[int, Field(ge=2, le=20)] = 5
+    seed: int = 0
+
+
+class SpecAugmentConfig(_Strict):
+    """SpecAugment-style masking, applied by a front end in training mode only."""
+
+    freq_masks: Annotated[int, Field(ge=0)] = 0
+    freq_width: Annotated[int, Field(ge=1)] = 8
+    time_masks: Annotated[int, Field(ge=0)] = 0
+    time_width: Annotated[int, Field(ge=1)] = 10
+
+
+class MelConfig(_Strict):
+    """Log-mel front end (torchaudio)."""
+
+    kind: Literal["mel"] = "mel"
+    sample_rate: Annotated[int, Field(ge=4000)] = 16000
+    n_fft: Annotated[int, Field(ge=64)] = 1024
+    win_length: Annotated[int, Field(ge=16)] = 400
+    hop_length: Annotated[int, Field(ge=1)] = 160
+    n_mels: Annotated[int, Field(ge=8)] = 64
+    f_min: Annotated[float, Field(ge=0)] = 30.0
+    f_max: float | None = None
+    top_db: Annotated[float, Field(gt=0)] = 80.0
+    norm: Literal["max", "instance", "none"] = "instance"
+    spec_augment: SpecAugmentConfig = SpecAugmentConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> MelConfig:
+        if self.win_length > self.n_fft:
+            raise ValueError(f"win_length ({self.win_length}) must be <= n_fft ({self.n_fft})")
+        if self.f_max is not None and not self.f_min < self.f_max <= self.sample_rate / 2:
+            raise ValueError(f"f_max must lie in (f_min, sample_rate/2] = ({self.f_min}, {self.sample_rate / 2}]")
+        return self
+
+
+class CqtConfig(_Strict):
+    """Constant-Q front end (nnAudio)."""
+
+    kind: Literal["cqt"] = "cqt"
+    sample_rate: Annotated[int, Field(ge=4000)] = 22050
+    hop_length: Annotated[int, Field(ge=1)] = 256
+    n_bins: Annotated[int, Field(ge=8)] = 96
+    bins_per_octave: Annotated[int, Field(ge=4)] = 12
+    f_min: Annotated[float, Field(gt=0)] = 32.70
+    top_db: Annotated[float, Field(gt=0)] = 80.0
+    norm: Literal["max", "instance", "none"] = "max"
+    spec_augment: SpecAugmentConfig = SpecAugmentConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> CqtConfig:
+        top = self.f_min * 2 ** (self.n_bins / self.bins_per_octave)
+        if top >= self.sample_rate / 2:
+            raise ValueError(
+                f"the top CQT bin ({top:.0f} Hz) must stay below Nyquist ({self.sample_rate / 2:.0f} Hz): "
+                "lower n_bins or f_min"
+            )
+        return self
+
+
+FrontEndConfig = Annotated[MelConfig | CqtConfig, Field(discriminator="kind")]
+
+
+class AugmentStep(BaseModel):
+    """One augmentation by registry name; extra keys are that augmentation's parameters."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    name: str
+    p: Annotated[float, Field(ge=0, le=1)] = 1.0
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The augmentation's own parameters (everything but ``name`` and ``p``)."""
+        return dict(self.model_extra or {})
+
+
+class TrainConfig(_Strict):
+    """Training recipe shared by every member unless the member overrides a field."""
+
+    epochs: Annotated[int, Field(ge=1)] = 30
+    batch_size: Annotated[int, Field(ge=1)] = 64
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    optimizer: Literal["adam", "adamw"] = "adamw"
+    early_stopping_patience: Annotated[int, Field(ge=1)] = 7
+    lr_patience: Annotated[int, Field(ge=1)] = 3
+    lr_factor: Annotated[float, Field(gt=0, lt=1)] = 0.1
+    min_lr: Annotated[float, Field(ge=0)] = 1e-6
+    crop_s: Annotated[float, Field(gt=0)] = 1.0
+    steps_per_epoch: Annotated[int, Field(ge=1)] | None = None
+    val_windows_hop_s: Annotated[float, Field(gt=0)] = 1.0
+    amp: bool = True
+    seed: int = 0
+    num_workers: Annotated[int, Field(ge=1)] = 1
+    cpus_per_trial: Annotated[float, Field(gt=0)] = 1.0
+    gpus_per_trial: Annotated[float, Field(ge=0, le=8)] = 1.0
+    torch_threads: Annotated[int, Field(ge=1)] | None = None
+    max_concurrent_trials: Annotated[int, Field(ge=1)] | None = None
+    max_failures: Annotated[int, Field(ge=0)] = 2
+    folds: list[int] | None = None
+
+
+class MemberConfig(_Strict):
+    """A named ensemble entry: architecture + front end + training recipe (augmentation, overrides)."""
+
+    arch: str
+    front_end: str
+    augment: list[AugmentStep] = []
+    train: dict[str, Any] = {}
+    aggregation: Aggregation = "mean"
+    description: str = ""
+
+
+class InferenceConfig(_Strict):
+    """Windowed inference over excerpts of any length."""
+
+    window_s: Annotated[float, Field(gt=0)] = 1.0
+    hop_s: Annotated[float, Field(gt=0)] = 0.5
+    batch_size: Annotated[int, Field(ge=1)] = 64
+    threshold: Annotated[float, Field(gt=0, lt=1)] = 0.5
+    fold_models: Literal["all", "best"] = "all"
+
+
+class FusionConfig(_Strict):
+    """The fusion-weight / aggregation / threshold search on out-of-fold predictions."""
+
+    objective: Objective = "macro_f1"
+    num_samples: Annotated[int, Field(ge=1)] = 200
+    aggregations: list[Aggregation] = ["mean", "max", "s2"]
+    seed: int = 0
+    max_concurrent_trials: Annotated[int, Field(ge=1)] = 8
+
+
+class AutoscalingConfig(_Strict):
+    """Ray Serve autoscaling of one member's replica set."""
+
+    min_replicas: Annotated[int, Field(ge=0)] = 1
+    max_replicas: Annotated[int, Field(ge=1)] = 2
+    initial_replicas: Annotated[int, Field(ge=0)] | None = None
+    target_ongoing_requests: Annotated[float, Field(gt=0)] = 8.0
+    upscale_delay_s: Annotated[float, Field(ge=0)] = 10.0
+    downscale_delay_s: Annotated[float, Field(ge=0)] = 60.0
+
+    @model_validator(mode="after")
+    def _check(self) -> AutoscalingConfig:
+        if self.max_replicas < self.min_replicas:
+            raise ValueError("max_replicas must be >= min_replicas")
+        return self
+
+
+class ServeLimits(_Strict):
+    """Per-request limits enforced by the ingress."""
+
+    max_upload_bytes: Annotated[int, Field(ge=1024)] = 50 * 1024 * 1024
+    max_files: Annotated[int, Field(ge=1)] = 16
+    max_seconds: Annotated[float, Field(gt=0)] = 600.0
+    request_timeout_s: Annotated[float, Field(gt=0)] = 120.0
+
+
+class ServeConfig(_Strict):
+    """Ray Serve application: one deployment per member plus a FastAPI ingress."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 8080
+    default_model: str | None = None
+    max_batch_size: Annotated[int, Field(ge=1)] = 64
+    batch_wait_timeout_s: Annotated[float, Field(ge=0)] = 0.01
+    max_ongoing_requests: Annotated[int, Field(ge=1)] = 128
+    max_queued_requests: Annotated[int, Field(ge=-1)] = 256
+    num_cpus: Annotated[float, Field(gt=0)] = 1.0
+    num_gpus: Annotated[float, Field(ge=0)] = 0.25
+    ingress_num_cpus: Annotated[float, Field(gt=0)] = 0.5
+    autoscaling: AutoscalingConfig = AutoscalingConfig()
+    member_autoscaling: dict[str, AutoscalingConfig] = {}
+    limits: ServeLimits = ServeLimits()
+    api_key: str | None = None
+    cors_origins: list[str] = []
+    models_dir: Path | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ServeConfig:
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ValueError("max_ongoing_requests must be >= max_batch_size, or batches never fill")
+        return self
+
+
+class MlflowConfig(_Strict):
+    """MLflow tracking server (SQL backend store) and registry settings."""
+
+    tracking_uri: str | None = None
+    backend_store_uri: str = "sqlite:///.cache/mpic/mlflow.db"
+    artifacts_destination: str = ".cache/mpic/mlflow-artifacts"
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 5000
+    experiment: str = "mpic"
+    registered_model_prefix: str = "mpic"
+    alias: str = "champion"
+    enabled: bool = True
+
+
+class RayConfig(_Strict):
+    """How jobs reach Ray: an address (cluster) or a local instance started for the run."""
+
+    address: str | None = None
+    num_cpus: Annotated[float, Field(gt=0)] | None = None
+    num_gpus: Annotated[float, Field(ge=0)] | None = None
+    storage_path: Path = Path(".cache/mpic/ray_results")
+    dashboard_host: str = "127.0.0.1"
+
+
+class Config(_Strict):
+    """The whole validated configuration."""
+
+    labels: list[Label]
+    audio: AudioConfig = AudioConfig()
+    data: DataConfig = DataConfig()
+    runs_dir: Path = Path(".cache/mpic/runs")
+    synth: SynthConfig = SynthConfig()
+    folds: FoldsConfig = FoldsConfig()
+    front_ends: dict[str, FrontEndConfig]
+    models: dict[str, dict[str, Any]] = {}
+    members: dict[str, MemberConfig]
+    ensembles: dict[str, list[str]]
+    ensemble: str
+    train: TrainConfig = TrainConfig()
+    inference: InferenceConfig = InferenceConfig()
+    fusion: FusionConfig = FusionConfig()
+    serve: ServeConfig = ServeConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+    ray: RayConfig = RayConfig()
+    profile: str | None = None
+
+    @field_validator("labels")
+    @classmethod
+    def _unique_labels(cls, v: list[Label]) -> list[Label]:
+        codes = [lab.code for lab in v]
+        if len(codes) < 2:
+            raise ValueError("at least two labels are needed")
+        dupes = sorted({c for c in codes if codes.count(c) > 1})
+        if dupes:
+            raise ValueError(f"duplicate label codes: {dupes}")
+        return v
+
+    @model_validator(mode="after")
+    def _cross_refs(self) -> Config:
+        errors: list[str] = []
+        for name, member in self.members.items():
+            if member.front_end not in self.front_ends:
+                errors.append(
+                    f"members.{name}.front_end: unknown front end {member.front_end!r}; "
+                    f"valid: {sorted(self.front_ends)}"
+                )
+            if member.arch not in self.models:
+                errors.append(
+                    f"members.{name}.arch: {member.arch!r} has no section under `models` "
+                    f"(each architecture's settings live in models.<arch>); valid: {sorted(self.models)}"
+                )
+            bad = sorted(set(member.train) - set(TrainConfig.model_fields))
+            if bad:
+                errors.append(f"members.{name}.train: unknown keys {bad}; valid: {sorted(TrainConfig.model_fields)}")
+        for ens, names in self.ensembles.items():
+            if not names:
+                errors.append(f"ensembles.{ens}: an ensemble needs at least one member")
+            for n in names:
+                if n not in self.members:
+                    errors.append(f"ensembles.{ens}: unknown member {n!r}; valid: {sorted(self.members)}")
+        if self.ensemble not in self.ensembles:
+            errors.append(f"ensemble: unknown ensemble {self.ensemble!r}; valid: {sorted(self.ensembles)}")
+        elif self.serve.default_model is not None and self.serve.default_model not in self.ensembles[self.ensemble]:
+            errors.append(
+                f"serve.default_model: {self.serve.default_model!r} is not a member of ensemble "
+                f"{self.ensemble!r}; valid: {self.ensembles[self.ensemble]}"
+            )
+        for name in self.serve.member_autoscaling:
+            if name not in self.members:
+                errors.append(f"serve.member_autoscaling.{name}: unknown member; valid: {sorted(self.members)}")
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self
+
+    # ---- convenience accessors -------------------------------------------------------------------
+    @property
+    def label_codes(self) -> list[str]:
+        """Label codes in model-output order."""
+        return [lab.code for lab in self.labels]
+
+    @property
+    def ensemble_members(self) -> list[str]:
+        """Names of the members of the selected ensemble."""
+        return list(self.ensembles[self.ensemble])
+
+    @property
+    def default_model(self) -> str:
+        """The member used by the single-model endpoint when none is named."""
+        return self.serve.default_model or self.ensemble_members[0]
+
+    def member_train(self, member: str) -> TrainConfig:
+        """The training recipe of one member: the shared recipe with the member's overrides applied."""
+        m = self.members[member]
+        if not m.train:
+            return self.train
+        try:
+            return TrainConfig.model_validate({**self.train.model_dump(), **m.train})
+        except ValidationError as e:
+            raise ConfigError(_format_errors(e, prefix=f"members.{member}.train")) from None
+
+    def snapshot(self) -> dict[str, Any]:
+        """A JSON-serialisable dump (for MLflow and checkpoints)."""
+        return self.model_dump(mode="json")
+
+
+# ---- loading ---------------------------------------------------------------------------------------
+
+
+def _format_errors(e: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for err in e.errors():
+        path = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in {"mel", "cqt"}))
+        if prefix:
+            path = f"{prefix}.{path}" if path else prefix
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+            parent_fields = _allowed_keys(e, err["loc"])
+            if parent_fields:
+                msg += f"; valid keys: {parent_fields}"
+        lines.append(f"  {path or '<root>'}: {msg}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def _allowed_keys(e: ValidationError, loc: tuple[Any, ...]) -> list[str] | None:
+    model: Any = Config
+    for part in loc[:-1]:
+        if isinstance(model, type) and issubclass(model, BaseModel) and isinstance(part, str):
+            field = model.model_fields.get(part)
+            if field is None:
+                return None
+            ann = field.annotation
+            model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+        else:
+            model = None
+        if model is None:
+            return None
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return sorted(model.model_fields)
+    return None
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``over`` into a copy of ``base`` (mappings merge, everything else replaces)."""
+    out = copy.deepcopy(dict(base))
+    for k, v in over.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML (``1``, ``true``, ``[a, b]``)."""
+    if "=" not in override:
+        raise ConfigError(f"--set {override!r}: expected KEY=VALUE with a dotted key, e.g. train.epochs=3")
+    key, _, text = override.partition("=")
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"--set {override!r}: empty key")
+    try:
+        value = yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: value {text!r} is not valid YAML: {e}") from None
+    node: Any = raw
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            try:
+                node = node[int(part)]
+            except (ValueError, IndexError):
+                raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a valid list index") from None
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(parts[:i])} is not a section")
+        node = node.setdefault(part, {})
+    last = parts[-1]
+    if isinstance(node, list):
+        try:
+            node[int(last)] = value
+        except (ValueError, IndexError):
+            raise ConfigError(f"--set {key}: {last} is not a valid list index") from None
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ConfigError(f"--set {key}: {'.'.join(parts[:-1])} is not a section")
+
+
+def find_config(path: str | os.PathLike[str] | None = None) -> Path:
+    """Resolve the config file: explicit path, ``$MPIC_CONFIG``, ``./config.yml``, then the project's own."""
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        return p.resolve()
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return find_config(env)
+    for candidate in (Path.cwd() / DEFAULT_CONFIG_NAME, PROJECT_DIR / DEFAULT_CONFIG_NAME):
+        if candidate.is_file():
+            return candidate.resolve()
+    raise ConfigError(f"no {DEFAULT_CONFIG_NAME} in {Path.cwd()} or {PROJECT_DIR}; pass --config PATH")
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Make known path settings absolute against ``base`` (URIs such as s3:// are left alone)."""
+
+    def fix(section: dict[str, Any] | None, key: str) -> None:
+        if not isinstance(section, dict):
+            return
+        v = section.get(key)
+        if isinstance(v, str | Path) and str(v) and "://" not in str(v) and not Path(v).is_absolute():
+            section[key] = str((base / v).resolve())
+
+    fix(raw.get("data"), "root")
+    fix(raw.get("data"), "cache_dir")
+    fix(raw.get("data"), "test_root")
+    fix(raw, "runs_dir")
+    fix(raw.get("ray"), "storage_path")
+    fix(raw.get("serve"), "models_dir")
+    fix(raw.get("mlflow"), "artifacts_destination")
+    ml = raw.get("mlflow")
+    if isinstance(ml, dict):
+        uri = ml.get("backend_store_uri")
+        prefix = "sqlite:///"
+        if isinstance(uri, str) and uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+            ml["backend_store_uri"] = prefix + str((base / uri[len(prefix) :]).resolve())
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    profile: str | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    base_dir: Path | None = None,
+) -> Config:
+    """Load, merge a profile, apply overrides, resolve paths and validate.
+
+    Args:
+        path: Config file; see :func:`find_config` for the search order when None.
+        profile: Name of a profile under ``profiles:`` (``$MPIC_PROFILE`` when None).
+        overrides: ``a.b=value`` strings, applied after the profile.
+        base_dir: Directory relative paths are resolved against (default: the config file's).
+
+    Returns:
+        The validated, frozen configuration.
+
+    Raises:
+        ConfigError: Naming each bad path and, where known, the allowed values.
+    """
+    cfg_path = find_config(path)
+    try:
+        raw = yaml.safe_load(cfg_path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{cfg_path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{cfg_path}: the top level must be a mapping")
+    return config_from_dict(raw, profile=profile, overrides=overrides, base_dir=base_dir or cfg_path.parent)
+
+
+def config_from_dict(
+    raw: Mapping[str, Any],
+    profile: str | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    base_dir: Path | None = None,
+) -> Config:
+    """Validate an in-memory config mapping (with its ``profiles``) exactly as :func:`load_config` does."""
+    data = copy.deepcopy(dict(raw))
+    profiles = data.pop("profiles", {}) or {}
+    profile = profile or os.environ.get(PROFILE_ENV) or None
+    if profile:
+        if profile not in profiles:
+            raise ConfigError(f"profile: unknown profile {profile!r}; valid: {sorted(profiles)}")
+        data = deep_merge(data, profiles[profile] or {})
+        data["profile"] = profile
+    for ov in overrides:
+        apply_override(data, ov)
+    _resolve_paths(data, (base_dir or Path.cwd()).resolve())
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e)) from None
+
+
+def parse_cli_overrides(values: Sequence[str] | None) -> list[str]:
+    """Flatten repeated ``--set`` arguments (each may hold several comma-free ``k=v`` pairs)."""
+    return [v for v in (values or []) if v]

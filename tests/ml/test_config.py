@@ -1,0 +1,101 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ml.config import ConfigError, config_from_dict, deep_merge, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict:
+    return yaml.safe_load((ROOT / "config.yml").read_text())
+
+
+@pytest.mark.parametrize("profile", [None, "smoke", "demo", "full"])
+def test_every_profile_validates(profile):
+    cfg = load_config(ROOT / "config.yml", profile=profile)
+    assert cfg.label_codes[:3] == ["cel", "cla", "flu"]
+    assert len(cfg.labels) == 11
+    assert cfg.data.root.is_absolute()
+    assert cfg.mlflow.backend_store_uri.startswith("sqlite:////")
+    assert cfg.profile == profile
+    for m in cfg.ensemble_members:
+        assert cfg.members[m].arch in cfg.models
+
+
+def test_profile_merges_deeply(raw):
+    cfg = config_from_dict(raw, profile="smoke", base_dir=ROOT)
+    assert cfg.folds.k == 2
+    assert cfg.train.epochs == 2
+    assert cfg.train.lr == raw["train"]["lr"]  # untouched keys survive the merge
+
+
+def test_overrides_parse_yaml_values(raw):
+    cfg = config_from_dict(raw, overrides=["train.epochs=3", "train.amp=false", "fusion.aggregations=[mean]"])
+    assert cfg.train.epochs == 3 and cfg.train.amp is False and cfg.fusion.aggregations == ["mean"]
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("train.epochs=many", "train.epochs"),
+        ("train.epochz=3", "train.epochz: unknown key; valid keys: ["),
+        ("front_ends.mel_fast.kind=stft", "'mel', 'cqt'"),
+        ("members.res_genre.front_end=nope", "members.res_genre.front_end: unknown front end 'nope'; valid:"),
+        ("members.res_genre.arch=nope", "members.res_genre.arch"),
+        ("ensemble=nope", "ensemble: unknown ensemble 'nope'"),
+        ("serve.max_batch_size=1000", "max_ongoing_requests must be >= max_batch_size"),
+        ("inference.threshold=1.5", "inference.threshold"),
+        ("fusion.objective=accuracy", "'macro_f1', 'micro_f1' or 'lrap'"),
+        ("serve.default_model=seed_mel", "serve.default_model"),
+        ("members.res_genre.train={epochz: 1}", "members.res_genre.train: unknown keys ['epochz']"),
+    ],
+)
+def test_bad_values_name_their_path(raw, override, expected):
+    with pytest.raises(ConfigError) as e:
+        config_from_dict(raw, overrides=[override])
+    assert expected in str(e.value)
+
+
+def test_bad_override_syntax(raw):
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        config_from_dict(raw, overrides=["train.epochs"])
+
+
+def test_unknown_profile_lists_valid(raw):
+    with pytest.raises(ConfigError, match=r"valid: \['demo', 'full', 'smoke'\]"):
+        config_from_dict(raw, profile="fast")
+
+
+def test_duplicate_labels_rejected(raw):
+    bad = deep_merge(raw, {})
+    bad["labels"] = [*bad["labels"], {"code": "cel", "name": "Cello again"}]
+    with pytest.raises(ConfigError, match="duplicate label codes"):
+        config_from_dict(bad)
+
+
+def test_label_set_is_configurable(raw):
+    cfg = config_from_dict(raw, overrides=["labels=[{code: drm, name: Drums}, {code: bas, name: Bass}]"])
+    assert cfg.label_codes == ["drm", "bas"]
+
+
+def test_member_train_overrides(raw):
+    cfg = config_from_dict(raw, overrides=["members.res_genre.train={epochs: 2, lr: 0.01}"])
+    tc = cfg.member_train("res_genre")
+    assert tc.epochs == 2 and tc.lr == 0.01 and tc.batch_size == cfg.train.batch_size
+    assert cfg.member_train("res_bpm") == cfg.train
+
+
+def test_relative_paths_resolve_against_config_dir(tmp_path, raw):
+    p = tmp_path / "c.yml"
+    p.write_text(yaml.safe_dump(raw))
+    cfg = load_config(p)
+    assert cfg.data.root == (tmp_path / "data/demo").resolve()
+    assert cfg.mlflow.backend_store_uri == f"sqlite:///{(tmp_path / '.cache/mpic/mlflow.db').resolve()}"
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yml")
