@@ -1,0 +1,65 @@
+"""Data sets: the clip manifest, the IRMAS-layout reader, cross-validation folds and the synthesiser."""
+
+from ml.data.folds import (
+    assign_folds,
+    assign_manifest_folds,
+    fold_label_counts,
+    folds_table,
+    read_folds,
+    write_folds,
+)
+from ml.data.irmas import (
+    GENRES,
+    IrmasLayoutError,
+    Rejected,
+    TrainTags,
+    build_manifest,
+    fingerprint,
+    format_train_name,
+    parse_train_name,
+    read_label_file,
+    scan_irmas,
+)
+from ml.data.manifest import ClipRecord, Manifest, ManifestError
+from ml.data.synth import (
+    DEFAULT_GM_PROGRAMS,
+    DEFAULT_RANGES,
+    SynthError,
+    SynthReport,
+    default_soundfonts,
+    plan_train,
+    resolve_programs,
+    resolve_soundfont,
+    synthesize,
+)
+
+__all__ = [
+    "DEFAULT_GM_PROGRAMS",
+    "DEFAULT_RANGES",
+    "GENRES",
+    "ClipRecord",
+    "IrmasLayoutError",
+    "Manifest",
+    "ManifestError",
+    "Rejected",
+    "SynthError",
+    "SynthReport",
+    "TrainTags",
+    "assign_folds",
+    "assign_manifest_folds",
+    "build_manifest",
+    "default_soundfonts",
+    "fingerprint",
+    "fold_label_counts",
+    "folds_table",
+    "format_train_name",
+    "parse_train_name",
+    "plan_train",
+    "read_folds",
+    "read_label_file",
+    "resolve_programs",
+    "resolve_soundfont",
+    "scan_irmas",
+    "synthesize",
+    "write_folds",
+]
