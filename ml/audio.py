@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -171,7 +172,11 @@ def decode(
 
 def _short(e: BaseException) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return text[:160]
+    # libsndfile says "Error opening <_io.BytesIO object at 0x…>: Format not recognised." — keep the reason,
+    # never an object repr or a server-side path
+    text = re.sub(r"^Error opening .*?:\s*", "", text)
+    text = re.sub(r"<[^>]*object at 0x[0-9a-f]+>", "input", text)
+    return text[:160].rstrip(".")
 
 
 def write_wav(path: str | Path, wave: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> None:

@@ -40,6 +40,31 @@ def smoke_cfg(tmp_path_factory: pytest.TempPathFactory) -> Config:
 
 
 @pytest.fixture(scope="session")
+def smoke_data(smoke_cfg: Config) -> Path:
+    """The smoke profile's synthetic IRMAS-style data at ``smoke_cfg.data.root`` (a few seconds to render)."""
+    from ml.data.synth import resolve_soundfont, synthesize
+
+    root = Path(smoke_cfg.data.root)
+    if (root / "IRMAS-TrainingData").is_dir():
+        return root
+    s = smoke_cfg.synth
+    synthesize(
+        root,
+        labels=smoke_cfg.label_codes,
+        programs={c: s.programs[c] for c in smoke_cfg.label_codes},
+        train_clips=s.train_clips,
+        test_excerpts=s.test_excerpts,
+        seed=s.seed,
+        soundfonts=[resolve_soundfont(f) for f in s.soundfonts],
+        sample_rate=s.sample_rate,
+        clips_per_recording=s.clips_per_recording,
+        workers=1,
+        progress=False,
+    )
+    return root
+
+
+@pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     """One local Ray for the whole session: 8 logical CPUs and 1 logical GPU on a 2-core machine.
 
@@ -58,7 +83,7 @@ def ray_session() -> Iterator[None]:
             from ray import serve
 
             serve.shutdown()
-        except Exception:  # noqa: BLE001 - best-effort teardown must not mask test failures
+        except Exception:
             pass
         ray.shutdown()
 

@@ -1,0 +1,274 @@
+"""Spectrogram front ends as ``nn.Module``: waves in, normalised log spectrograms out.
+
+One module turns a batch of mono waves ``(B, S)`` at the front end's sample rate into features
+``(B, 1, n_bins, T)``; training, evaluation, the CLI and Serve all run the same module (it is the first half
+of :class:`ml.models.Classifier`), so features can never drift between them.
+
+Every front end
+
+* RMS-normalises each wave (as the seed did), so the absolute level of a clip or window carries no
+  information and a silent window stays silent (zero RMS is left alone);
+* computes a power (mel) or magnitude (CQT) spectrogram in float32, with autocast disabled, because fp16
+  overflows on STFT powers and loses the quiet bins that a dB scale is meant to show;
+* converts to dB, clips at ``top_db`` below each example's maximum and normalises per ``norm``:
+  ``max`` = dB relative to the example's maximum divided by ``top_db``, so values lie in [-1, 0] (the
+  seed's ``power_to_db(ref=np.max)``, rescaled); ``instance`` = per-example standardisation (zero mean,
+  unit variance over the whole spectrogram); ``none`` = the clipped dB values;
+* applies SpecAugment-style frequency and time masks in training mode only, with a random number and
+  placement of masks per example (vectorised over the batch).
+
+Buffers (windows, filter banks, CQT kernels) follow the module to any device and are *not* stored in a
+state dict: they are a pure function of the config, which a checkpoint stores anyway.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import ClassVar
+
+import torch
+import torchaudio.functional as AF
+from nnAudio.features.cqt import CQT1992v2
+from torch import Tensor, nn
+
+from ml.config import CqtConfig, MelConfig, SpecAugmentConfig
+from ml.registry import Registry
+
+TARGET_RMS = 0.1
+"""Waves are scaled to this RMS (-20 dBFS) before analysis; only ``norm: none`` ever sees the level."""
+
+_MIN_RMS = 1e-6  # below this (-120 dBFS) a wave counts as silent and is not amplified
+_POWER_AMIN = 1e-10  # floor of power spectrograms before dB (librosa's power_to_db default)
+_MAG_AMIN = 1e-5  # floor of magnitude spectrograms before dB (librosa's amplitude_to_db default)
+
+
+def rms_normalise(wave: Tensor, target: float = TARGET_RMS) -> Tensor:
+    """Scale each row of ``wave`` (B, S) to RMS ``target``; rows below -120 dBFS RMS are left as they are."""
+    rms = wave.square().mean(dim=-1, keepdim=True).sqrt()
+    scale = torch.where(rms > _MIN_RMS, target / rms.clamp_min(_MIN_RMS), torch.ones_like(rms))
+    return wave * scale
+
+
+def spec_augment_masks(
+    batch: int,
+    size: int,
+    n_masks: int,
+    max_width: int,
+    *,
+    device: torch.device,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Per-example boolean masks (B, size): the union of ``n_masks`` random bands of width 0..max_width.
+
+    Random numbers are drawn on the CPU (with ``generator`` when given) and moved to ``device``, so the
+    masks are identical on every device for a given generator state.
+    """
+    if n_masks == 0 or size == 0:
+        return torch.zeros(batch, size, dtype=torch.bool, device=device)
+    max_width = min(max_width, size)
+    widths = torch.randint(0, max_width + 1, (batch, n_masks), generator=generator)
+    starts = (torch.rand(batch, n_masks, generator=generator) * (size - widths + 1)).floor().long()
+    idx = torch.arange(size)
+    inside = (idx >= starts[..., None]) & (idx < (starts + widths)[..., None])  # (B, n_masks, size)
+    return inside.any(dim=1).to(device)
+
+
+class FrontEnd(nn.Module):
+    """Base class: wave batch (B, S) float32 at ``sample_rate`` → features (B, 1, n_bins, T).
+
+    Subclasses implement :meth:`db`, the dB spectrogram (B, n_bins, T) of RMS-normalised waves; this class
+    does the clipping, normalisation and (training-only) masking.
+    """
+
+    kind: ClassVar[str]
+    sample_rate: int
+    n_bins: int
+    hop_length: int
+
+    def __init__(self, cfg: MelConfig | CqtConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.sample_rate = cfg.sample_rate
+        self.hop_length = cfg.hop_length
+        self.n_bins = cfg.n_mels if isinstance(cfg, MelConfig) else cfg.n_bins
+        self.top_db = float(cfg.top_db)
+        self.norm = cfg.norm
+        self.spec_augment: SpecAugmentConfig = cfg.spec_augment
+
+    def frames(self, n_samples: int) -> int:
+        """Number of feature frames for ``n_samples`` samples (centred frames: ``1 + n_samples // hop``)."""
+        return 1 + int(n_samples) // self.hop_length
+
+    def db(self, wave: Tensor) -> Tensor:
+        """Spectrogram in dB (B, n_bins, T), unclipped, of float32 waves (B, S)."""
+        raise NotImplementedError
+
+    def forward(self, wave: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Features of a batch of waves.
+
+        Args:
+            wave: (B, S) mono waves at :attr:`sample_rate`; any float dtype (computed in float32).
+            generator: CPU random generator for the training-mode masks (global RNG when None).
+
+        Returns:
+            (B, 1, n_bins, T) float32 features with ``T == self.frames(S)``.
+        """
+        if wave.ndim != 2:
+            raise ValueError(
+                f"{type(self).__name__} expects waves shaped (batch, samples), got {tuple(wave.shape)}"
+            )
+        if wave.shape[-1] == 0:
+            raise ValueError("cannot compute features of an empty wave")
+        dev = wave.device.type
+        fp32 = torch.autocast(dev, enabled=False) if torch.amp.is_autocast_available(dev) else nullcontext()
+        with fp32:
+            x = rms_normalise(wave.float())
+            spec = self.db(x)
+            peak = spec.amax(dim=(1, 2), keepdim=True)
+            spec = torch.maximum(spec, peak - self.top_db)
+            if self.norm == "max":
+                spec = (spec - peak) / self.top_db
+            elif self.norm == "instance":
+                mean = spec.mean(dim=(1, 2), keepdim=True)
+                std = spec.std(dim=(1, 2), keepdim=True)
+                spec = (spec - mean) / (std + 1e-5)
+            if self.training:
+                spec = self._mask(spec, generator)
+        return spec.unsqueeze(1)
+
+    def _mask(self, spec: Tensor, generator: torch.Generator | None) -> Tensor:
+        sa = self.spec_augment
+        if sa.freq_masks == 0 and sa.time_masks == 0:
+            return spec
+        b, f, t = spec.shape
+        fm = spec_augment_masks(b, f, sa.freq_masks, sa.freq_width, device=spec.device, generator=generator)
+        tm = spec_augment_masks(b, t, sa.time_masks, sa.time_width, device=spec.device, generator=generator)
+        mask = fm[:, :, None] | tm[:, None, :]
+        # masked cells take the example's mean so the mask adds no new extreme values to the input
+        fill = spec.mean(dim=(1, 2), keepdim=True).expand_as(spec)
+        return torch.where(mask, fill, spec)
+
+    def extra_repr(self) -> str:
+        """Summary shown by ``print(module)``."""
+        return f"sample_rate={self.sample_rate}, n_bins={self.n_bins}, hop_length={self.hop_length}, " + (
+            f"norm={self.norm!r}"
+        )
+
+
+FRONT_ENDS: Registry[type[FrontEnd]] = Registry("front end")
+
+
+@FRONT_ENDS.register("mel")
+class MelFrontEnd(FrontEnd):
+    """Log-mel spectrogram: the same numbers as ``torchaudio.transforms.MelSpectrogram(power=2)``.
+
+    Slaney mel scale and Slaney-normalised filters (librosa's defaults, which the seed used), a periodic Hann
+    window of ``win_length`` centred in ``n_fft``, centred frames with zero padding (librosa >= 0.10's
+    ``pad_mode='constant'``, which also works for waves shorter than half a window). The STFT and the filter
+    bank are applied directly (not through the torchaudio module) because its complex ``abs().pow(2)`` costs
+    as much as the FFT itself on CPU; the test suite checks the two agree.
+    """
+
+    kind = "mel"
+    fb: Tensor  # (n_fft // 2 + 1, n_mels) filter bank
+    window: Tensor  # (win_length,) periodic Hann
+
+    def __init__(self, cfg: MelConfig) -> None:
+        super().__init__(cfg)
+        self.n_fft = cfg.n_fft
+        self.win_length = cfg.win_length
+        f_max = cfg.f_max if cfg.f_max is not None else cfg.sample_rate / 2
+        fb = AF.melscale_fbanks(
+            n_freqs=cfg.n_fft // 2 + 1,
+            f_min=cfg.f_min,
+            f_max=f_max,
+            n_mels=cfg.n_mels,
+            sample_rate=cfg.sample_rate,
+            norm="slaney",
+            mel_scale="slaney",
+        )  # (n_freqs, n_mels)
+        self.register_buffer("fb", fb, persistent=False)  # (n_freqs, n_mels)
+        self.register_buffer("window", torch.hann_window(cfg.win_length), persistent=False)
+
+    def power(self, wave: Tensor) -> Tensor:
+        """Mel power spectrogram (B, n_mels, T) of float32 waves (B, S)."""
+        n_frames = self.frames(wave.shape[-1])
+        half = self.n_fft // 2
+        # torch.stft(center=True, pad_mode="constant") frames: frame j spans padded[j*hop : j*hop + n_fft]
+        # and its window (win_length wide, centred in n_fft) is non-zero only from `left` on. Framing just
+        # the windowed part and zero-padding it to n_fft in the FFT shifts each frame circularly, which
+        # changes the phase but not the power, and skips multiplying n_fft - win_length zeros (6000 of
+        # 8192 for mel_seed).
+        left = (self.n_fft - self.win_length) // 2
+        padded = nn.functional.pad(wave, (half, half))
+        frames = padded[:, left:].unfold(-1, self.win_length, self.hop_length)[:, :n_frames]  # (B, T, win)
+        spec = torch.fft.rfft(frames * self.window, n=self.n_fft)  # (B, T, n_freqs)
+        power = spec.real.square() + spec.imag.square()
+        # one (B*T, n_freqs) @ (n_freqs, n_mels) GEMM, then back to (B, n_mels, T)
+        return torch.matmul(power, self.fb).transpose(1, 2).contiguous()
+
+    def db(self, wave: Tensor) -> Tensor:
+        """Mel power in dB (ref 1.0, floor 1e-10), shape (B, n_mels, T)."""
+        return 10.0 * torch.log10(self.power(wave).clamp_min(_POWER_AMIN))
+
+    @property
+    def center_frequencies(self) -> Tensor:
+        """Centre frequency (Hz) of each mel band, low to high: where each triangular filter peaks."""
+        n_freqs = self.n_fft // 2 + 1
+        freqs = torch.linspace(0, self.sample_rate / 2, n_freqs)
+        return freqs[self.fb.cpu().argmax(dim=0)]
+
+
+@FRONT_ENDS.register("cqt")
+class CqtFrontEnd(FrontEnd):
+    """Constant-Q magnitude in dB with nnAudio's ``CQT1992v2`` (librosa-compatible kernels and scaling).
+
+    ``CQT1992v2`` convolves the wave with the full-length time-domain kernels: exact, and on CPU as fast as
+    the octave-by-octave ``CQT2010v2`` at these sizes, so the faithful one is used. Frames are centred with
+    zero padding (librosa's ``cqt`` pads with zeros too; reflection would need waves longer than the longest
+    kernel). The kernels are buffers kept out of state dicts.
+    """
+
+    kind = "cqt"
+    cqt: nn.Module
+
+    def __init__(self, cfg: CqtConfig) -> None:
+        super().__init__(cfg)
+        self.bins_per_octave = cfg.bins_per_octave
+        self.f_min = float(cfg.f_min)
+        self.cqt = CQT1992v2(
+            sr=cfg.sample_rate,
+            hop_length=cfg.hop_length,
+            fmin=cfg.f_min,
+            n_bins=cfg.n_bins,
+            bins_per_octave=cfg.bins_per_octave,
+            pad_mode="constant",
+            output_format="Magnitude",
+            verbose=False,
+        )
+        # nnAudio registers its kernels as persistent buffers; they derive from the config, so re-register
+        # them as non-persistent to keep checkpoints small and loadable across nnAudio versions.
+        for name, buf in list(self.cqt.named_buffers(recurse=False)):
+            delattr(self.cqt, name)
+            self.cqt.register_buffer(name, buf, persistent=False)
+
+    def db(self, wave: Tensor) -> Tensor:
+        """CQT magnitude in dB (ref 1.0, floor 1e-5), shape (B, n_bins, T)."""
+        mag = self.cqt(wave)  # (B, n_bins, T)
+        return 20.0 * torch.log10(mag.clamp_min(_MAG_AMIN))
+
+    @property
+    def center_frequencies(self) -> Tensor:
+        """Centre frequency (Hz) of each CQT bin: ``f_min * 2 ** (k / bins_per_octave)``."""
+        k = torch.arange(self.n_bins, dtype=torch.float64)
+        return (self.f_min * 2.0 ** (k / self.bins_per_octave)).float()
+
+
+def build_front_end(cfg: MelConfig | CqtConfig) -> FrontEnd:
+    """Instantiate the front end registered under ``cfg.kind`` (in training mode, like any new module)."""
+    return FRONT_ENDS.get(cfg.kind)(cfg)
+
+
+def window_frames(cfg: MelConfig | CqtConfig, window_s: float) -> int:
+    """Feature frames of a ``window_s``-second window (``1 + samples // hop``) without building the module."""
+    return 1 + round(window_s * cfg.sample_rate) // cfg.hop_length

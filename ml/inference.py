@@ -1,0 +1,394 @@
+"""Windowed inference: one :class:`Predictor` per ensemble member, and the fused per-file result.
+
+A long excerpt is cut into windows (``window_s`` long, every ``hop_s``; the tail is covered by one window
+aligned to the end), the windows of many files are batched together through every fold model of a member
+(their sigmoid outputs averaged), and per-file scores come from aggregating the windows (`mean`, `max`,
+`s2`). The ensemble result fuses members with weights and per-class thresholds from an
+:class:`~ml.ensemble.EnsembleSpec`. The same code runs in evaluation, `mpic predict` and Serve.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ml.audio import Audio, AudioError, decode, resample
+from ml.checkpoint import MODEL_FILE, CheckpointError, load_classifier
+from ml.fusion import aggregate
+from ml.models import Classifier
+
+
+def window_starts(duration_s: float, window_s: float, hop_s: float) -> np.ndarray:
+    """Window start times in seconds covering ``[0, duration_s)``; at least one window.
+
+    Starts are 0, hop, 2·hop, … while a whole window fits; if audio remains after the last one, a final
+    window aligned to the end is added. A clip shorter than one window gets a single (zero-padded) window.
+    Times are in seconds so members at different sample rates get the same windows.
+    """
+    if duration_s <= window_s:
+        return np.zeros(1)
+    n = int(math.floor((duration_s - window_s) / hop_s + 1e-9)) + 1
+    starts = np.arange(n) * hop_s
+    if starts[-1] + window_s < duration_s - 1e-6:
+        starts = np.append(starts, duration_s - window_s)
+    return starts
+
+
+def frame_windows(wave: np.ndarray, sample_rate: int, starts_s: np.ndarray, window_s: float) -> np.ndarray:
+    """Cut windows starting at ``starts_s`` seconds into a (W, window_samples) float32 array (zero-padded)."""
+    size = int(round(window_s * sample_rate))
+    out = np.zeros((len(starts_s), size), dtype=np.float32)
+    for i, s in enumerate(starts_s):
+        a = int(round(s * sample_rate))
+        chunk = wave[a : a + size]
+        out[i, : len(chunk)] = chunk
+    return out
+
+
+@dataclass
+class Segment:
+    """Scores of one window."""
+
+    start_s: float
+    end_s: float
+    scores: dict[str, float]
+
+
+@dataclass
+class FileResult:
+    """The per-file result shared by `mpic predict`, `mpic evaluate` and the HTTP API."""
+
+    file: str
+    duration_s: float | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    instruments: list[str] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+    silent: bool = False
+    error: str | None = None
+
+    def to_dict(self, *, segments: bool = True) -> dict[str, Any]:
+        """JSON-serialisable form: the error shape when the file failed."""
+        if self.error is not None:
+            return {"file": self.file, "error": self.error}
+        out: dict[str, Any] = {
+            "file": self.file,
+            "duration_s": round(float(self.duration_s or 0.0), 3),
+            "scores": {k: round(float(v), 4) for k, v in self.scores.items()},
+            "instruments": list(self.instruments),
+            "silent": self.silent,
+        }
+        if segments:
+            out["segments"] = [
+                {"start_s": round(s.start_s, 3), "end_s": round(s.end_s, 3),
+                 "scores": {k: round(float(v), 4) for k, v in s.scores.items()}}
+                for s in self.segments
+            ]
+        return out
+
+
+def pick_device(gpu_ids: Sequence[Any] | None = None) -> torch.device:
+    """The torch device for a worker: CUDA only when the scheduler assigned this process a GPU.
+
+    Args:
+        gpu_ids: GPUs assigned to this process (Ray's ``ray.get_gpu_ids()``); None means "not under a
+            scheduler", and then a visible CUDA device is used.
+    """
+    if gpu_ids is not None:
+        return torch.device("cuda") if len(gpu_ids) > 0 and torch.cuda.is_available() else torch.device("cpu")
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+class Predictor:
+    """All fold models of one member, scoring batches of windows."""
+
+    def __init__(
+        self,
+        member: str,
+        models: Sequence[Classifier],
+        labels: Sequence[str],
+        *,
+        window_s: float,
+        hop_s: float,
+        aggregation: str = "mean",
+        batch_size: int = 64,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        """Wrap fold models that share one spec (labels, front end, window)."""
+        if not models:
+            raise ValueError(f"member {member!r}: no models to predict with")
+        rates = {m.sample_rate for m in models}
+        if len(rates) != 1:
+            raise ValueError(f"member {member!r}: fold models disagree on sample rate {sorted(rates)}")
+        self.member = member
+        self.device = torch.device(device)
+        self.models = [m.to(self.device).eval() for m in models]
+        self.labels = list(labels)
+        self.sample_rate = rates.pop()
+        self.window_s = window_s
+        self.hop_s = hop_s
+        self.aggregation = aggregation
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_checkpoints(
+        cls,
+        paths: Sequence[str | Path],
+        *,
+        member: str | None = None,
+        hop_s: float = 0.5,
+        aggregation: str = "mean",
+        batch_size: int = 64,
+        device: torch.device | str = "cpu",
+    ) -> Predictor:
+        """Load fold checkpoints (files or folders holding ``model.pt``) of one member."""
+        models, metas = [], []
+        for p in paths:
+            model, meta = load_classifier(p, device)
+            models.append(model)
+            metas.append(meta)
+        if not metas:
+            raise CheckpointError(f"no checkpoints given for member {member!r}")
+        labels = metas[0].labels
+        for p, meta in zip(paths, metas, strict=True):
+            if meta.labels != labels:
+                raise CheckpointError(f"{p}: labels {meta.labels} differ from {labels}")
+        return cls(
+            member or metas[0].member,
+            models,
+            labels,
+            window_s=float(metas[0].spec["window_s"]),
+            hop_s=hop_s,
+            aggregation=aggregation,
+            batch_size=batch_size,
+            device=device,
+        )
+
+    @torch.inference_mode()
+    def score_windows(self, windows: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Sigmoid scores averaged over fold models for (W, S) windows → (W, C) float32."""
+        x = torch.as_tensor(windows, dtype=torch.float32)
+        if x.ndim != 2:
+            raise ValueError(f"windows must be (W, samples), got {tuple(x.shape)}")
+        out = np.empty((x.shape[0], len(self.labels)), dtype=np.float32)
+        for a in range(0, x.shape[0], self.batch_size):
+            xb = x[a : a + self.batch_size].to(self.device, non_blocking=True)
+            acc = torch.zeros(xb.shape[0], len(self.labels), device=self.device)
+            for m in self.models:
+                acc += torch.sigmoid(m(xb).float())
+            out[a : a + xb.shape[0]] = (acc / len(self.models)).cpu().numpy()
+        return out
+
+    def windows_for(self, wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(starts_s, windows) of one wave at this member's rate."""
+        starts = window_starts(len(wave) / self.sample_rate, self.window_s, self.hop_s)
+        return starts, frame_windows(wave, self.sample_rate, starts, self.window_s)
+
+    def score_waves(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Window scores for several waves (at this member's rate), batched together → list of (W_i, C)."""
+        framed = [self.windows_for(w)[1] for w in waves]
+        if not framed:
+            return []
+        scores = self.score_windows(np.concatenate(framed))
+        splits = np.cumsum([len(f) for f in framed])[:-1]
+        return list(np.split(scores, splits))
+
+
+def member_dirs(runs_dir: str | Path, member: str) -> list[Path]:
+    """The fold checkpoint folders of a trained member (``runs/<member>/fold<k>/model.pt``), sorted."""
+    root = Path(runs_dir) / member
+    return sorted(p.parent for p in root.glob(f"fold*/{MODEL_FILE}"))
+
+
+def fuse_windows(
+    member_windows: Mapping[str, np.ndarray],
+    weights: Mapping[str, float],
+    aggregation: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fuse members' (W, C) window scores of one file → (file scores (C,), fused windows (W, C)).
+
+    File scores are the weighted mean of each member's aggregated scores (the quantity the fusion search
+    optimises); segments are the weighted mean of window scores. Weights are normalised over the members
+    given; members missing from ``member_windows`` or with weight 0 are ignored.
+    """
+    used = [m for m in member_windows if weights.get(m, 0.0) > 0]
+    if not used:
+        raise ValueError("no member with a positive weight")
+    total = sum(weights[m] for m in used)
+    n_w = min(len(member_windows[m]) for m in used)
+    file_scores = sum(weights[m] / total * aggregate(member_windows[m], aggregation) for m in used)
+    windows = sum(weights[m] / total * member_windows[m][:n_w] for m in used)
+    return np.asarray(file_scores, dtype=np.float32), np.asarray(windows, dtype=np.float32)
+
+
+def build_result(
+    name: str,
+    audio: Audio,
+    file_scores: np.ndarray,
+    windows: np.ndarray,
+    starts_s: np.ndarray,
+    labels: Sequence[str],
+    thresholds: Sequence[float] | np.ndarray,
+    window_s: float,
+) -> FileResult:
+    """Assemble a :class:`FileResult`; silent audio is flagged and gets no instruments."""
+    th = np.broadcast_to(np.asarray(thresholds, dtype=np.float32), (len(labels),))
+    scores = {c: float(s) for c, s in zip(labels, file_scores, strict=True)}
+    instruments = [] if audio.silent else [c for c, s, t in zip(labels, file_scores, th, strict=True) if s >= t]
+    segments = [
+        Segment(float(a), float(min(a + window_s, audio.duration_s)), dict(zip(labels, map(float, w), strict=True)))
+        for a, w in zip(starts_s, windows, strict=False)
+    ]
+    return FileResult(
+        file=name,
+        duration_s=audio.duration_s,
+        scores=scores,
+        instruments=instruments,
+        segments=segments,
+        silent=audio.silent,
+    )
+
+
+class EnsemblePredictor:
+    """In-process fused prediction: decode once, resample per member rate, score, fuse."""
+
+    def __init__(
+        self,
+        predictors: Mapping[str, Predictor],
+        weights: Mapping[str, float],
+        thresholds: Sequence[float] | np.ndarray,
+        aggregation: str,
+        *,
+        max_seconds: float | None = 600.0,
+        silence_dbfs: float = -70.0,
+    ) -> None:
+        """Combine member predictors; they must agree on labels and windowing."""
+        if not predictors:
+            raise ValueError("an ensemble needs at least one member")
+        first = next(iter(predictors.values()))
+        for p in predictors.values():
+            if p.labels != first.labels:
+                raise ValueError(f"member {p.member!r} has labels {p.labels}, expected {first.labels}")
+            if (p.window_s, p.hop_s) != (first.window_s, first.hop_s):
+                raise ValueError(f"member {p.member!r} windows differ from {first.member!r}'s")
+        unknown = sorted(set(weights) - set(predictors))
+        if unknown:
+            raise ValueError(f"weights for unknown members {unknown}; valid: {sorted(predictors)}")
+        self.predictors = dict(predictors)
+        self.weights = {m: float(weights.get(m, 0.0)) for m in predictors}
+        self.labels = first.labels
+        self.window_s, self.hop_s = first.window_s, first.hop_s
+        self.thresholds = np.asarray(thresholds, dtype=np.float32)
+        self.aggregation = aggregation
+        self.max_seconds = max_seconds
+        self.silence_dbfs = silence_dbfs
+
+    def predict(
+        self, sources: Sequence[tuple[str, Any]], weights: Mapping[str, float] | None = None
+    ) -> list[FileResult]:
+        """Predict named sources (path or bytes); a failing file gets an error result, the rest still run."""
+        w = dict(self.weights if weights is None else weights)
+        active = [m for m, v in w.items() if v > 0 and m in self.predictors]
+        decoded: list[tuple[str, Audio | None, str | None]] = []
+        for name, src in sources:
+            try:
+                decoded.append((name, decode(src, None, max_seconds=self.max_seconds,
+                                             silence_dbfs=self.silence_dbfs), None))
+            except AudioError as e:
+                decoded.append((name, None, str(e)))
+        good = [(n, a) for n, a, _ in decoded if a is not None]
+        per_member: dict[str, list[np.ndarray]] = {}
+        for m in active:
+            p = self.predictors[m]
+            waves = [resample(a.wave, a.sample_rate, p.sample_rate) for _, a in good]
+            per_member[m] = p.score_waves(waves)
+        results: list[FileResult] = []
+        gi = 0
+        for name, audio, err in decoded:
+            if audio is None:
+                results.append(FileResult(file=name, error=err))
+                continue
+            mw = {m: per_member[m][gi] for m in active}
+            gi += 1
+            file_scores, windows = fuse_windows(mw, w, self.aggregation)
+            starts = window_starts(audio.duration_s, self.window_s, self.hop_s)
+            results.append(
+                build_result(name, audio, file_scores, windows, starts, self.labels, self.thresholds, self.window_s)
+            )
+        return results
+
+
+def select_checkpoints(paths: Sequence[Path], fold_models: str) -> list[Path]:
+    """All fold checkpoints, or (``best``) the one with the lowest validation loss."""
+    paths = list(paths)
+    if fold_models == "all" or len(paths) <= 1:
+        return paths
+    from ml.checkpoint import read_checkpoint
+
+    def val_loss(p: Path) -> float:
+        return float(read_checkpoint(p)[1].metrics.get("val_loss", math.inf))
+
+    return [min(paths, key=val_loss)]
+
+
+def load_member(
+    cfg: Any,
+    member: str,
+    *,
+    checkpoints: Sequence[str | Path] | None = None,
+    device: torch.device | str = "cpu",
+    allow_untrained: bool = False,
+) -> Predictor:
+    """Build one member's :class:`Predictor` from its checkpoints (given, or found under ``runs_dir``).
+
+    Args:
+        cfg: The project :class:`~ml.config.Config`.
+        member: Member name from ``cfg.members``.
+        checkpoints: Explicit fold checkpoints; default: ``cfg.runs_dir/<member>/fold*/model.pt``.
+        device: Torch device for the models.
+        allow_untrained: With no checkpoint, build the member from config with random weights (for
+            trying the service before training); otherwise raise :class:`CheckpointError`.
+    """
+    if member not in cfg.members:
+        raise KeyError(f"unknown member {member!r}; valid: {sorted(cfg.members)}")
+    paths = [Path(p) for p in checkpoints] if checkpoints else member_dirs(cfg.runs_dir, member)
+    agg = cfg.members[member].aggregation
+    inf = cfg.inference
+    if paths:
+        return Predictor.from_checkpoints(
+            select_checkpoints(paths, inf.fold_models), member=member, hop_s=inf.hop_s, aggregation=agg,
+            batch_size=inf.batch_size, device=device,
+        )
+    if not allow_untrained:
+        raise CheckpointError(f"member {member!r} has no trained checkpoints under {cfg.runs_dir / member}")
+    from ml.models import build_classifier
+
+    # Untrained members are deterministic (repeatable tests and demos) but differ from each other, so
+    # weighting them still changes the fused scores.
+    torch.manual_seed(zlib.crc32(member.encode()))
+    model = build_classifier(cfg, member)
+    return Predictor(member, [model], cfg.label_codes, window_s=inf.window_s, hop_s=inf.hop_s,
+                     aggregation=agg, batch_size=inf.batch_size, device=device)
+
+
+def load_ensemble(
+    cfg: Any, spec: Any = None, *, device: torch.device | str = "cpu", allow_untrained: bool = False
+) -> EnsemblePredictor:
+    """The in-process ensemble of ``spec`` (default: the newest fused spec, else equal weights)."""
+    from ml.ensemble import resolve_spec
+
+    spec = spec or resolve_spec(cfg)
+    predictors = {
+        m: load_member(cfg, m, checkpoints=ref.checkpoints or None, device=device, allow_untrained=allow_untrained)
+        for m, ref in spec.members.items()
+    }
+    return EnsemblePredictor(
+        predictors, spec.weights, spec.thresholds or [cfg.inference.threshold] * len(cfg.labels), spec.aggregation,
+        max_seconds=cfg.audio.max_seconds, silence_dbfs=cfg.audio.silence_dbfs,
+    )

@@ -1,0 +1,422 @@
+"""Training of one (member, fold): plain PyTorch, no Ray inside.
+
+:func:`fit` is the whole loop; the caller injects :class:`Hooks` to report per-epoch metrics and
+checkpoints (Ray Train's ``ray.train.report`` in `ray_jobs/train.py`, a local folder in tests and the
+CLI) and to find the checkpoint to resume from. Clips come from the decode-once cache; each step draws
+random ``crop_s`` crops of the training clips, mixes/augments the batch on the device, featurises it
+with the member's front end (SpecAugment in training mode) and takes a BCE step. Validation scores every
+window of the held-out fold's clips, which also gives the out-of-fold predictions the fusion is fitted on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ml import metrics
+from ml.augment import Batch, build_augmenter
+from ml.checkpoint import MODEL_FILE, CheckpointMeta, save_classifier
+from ml.config import Config
+from ml.data.cache import ClipStore, build_store
+from ml.data.irmas import build_manifest
+from ml.data.manifest import Manifest
+from ml.fusion import aggregate
+from ml.inference import frame_windows, pick_device, window_starts
+from ml.models import Classifier, build_classifier, classifier_spec
+
+STATE_FILE = "train_state.pt"
+OOF_FILE = "oof.npz"
+GENRES = ("cou_fol", "cla", "pop_roc", "lat_sou", "jaz_blu")
+
+
+class Hooks(Protocol):
+    """How a training run talks to its runner."""
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        """Publish one epoch's metrics and (optionally) a checkpoint folder (copied by the runner)."""
+
+    def latest_checkpoint(self) -> Path | None:
+        """A folder holding the checkpoint to resume from, or None for a fresh start."""
+
+
+class LocalHooks:
+    """Hooks for running without Ray: checkpoints kept in ``folder``, metrics to a callback."""
+
+    def __init__(self, folder: str | Path, on_report: Callable[[dict[str, float]], None] | None = None) -> None:
+        """Keep the newest checkpoint in ``folder/checkpoint``."""
+        self.folder = Path(folder)
+        self.on_report = on_report
+        self.history: list[dict[str, float]] = []
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        """Record metrics; copy the checkpoint folder over the previous one."""
+        self.history.append(dict(metrics))
+        if self.on_report:
+            self.on_report(metrics)
+        if checkpoint_dir is not None:
+            dest = self.folder / "checkpoint"
+            tmp = self.folder / "checkpoint.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(checkpoint_dir, tmp)
+            shutil.rmtree(dest, ignore_errors=True)
+            tmp.rename(dest)
+
+    def latest_checkpoint(self) -> Path | None:
+        """The kept checkpoint folder, if any."""
+        p = self.folder / "checkpoint"
+        return p if (p / STATE_FILE).is_file() else None
+
+
+@dataclass
+class TrainData:
+    """The training split of the manifest, decoded at one sample rate, with fold assignments."""
+
+    manifest: Manifest
+    store: ClipStore
+    targets: np.ndarray  # (N, C) float32 multi-hot
+    genre: np.ndarray  # (N,) int64, -1 unknown
+    folds: np.ndarray  # (N,) int64
+
+    def split(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
+        """(train indices, validation indices) for ``fold``."""
+        return np.flatnonzero(self.folds != fold), np.flatnonzero(self.folds == fold)
+
+
+def load_train_data(cfg: Config, sample_rate: int, *, progress: bool = False) -> TrainData:
+    """Manifest (with folds) of the training split, decoded once into the cache at ``sample_rate``."""
+    from ml.data.folds import assign_folds
+
+    manifest = build_manifest(cfg.data.root, cfg.label_codes, cache_path=cfg.data.cache_dir / "manifest.csv")
+    train = [r for r in manifest.records if r.split == "train"]
+    if not train:
+        raise ValueError(f"no training clips under {cfg.data.root} (expected IRMAS-TrainingData/<code>/*.wav)")
+    recs = assign_folds(train, cfg.label_codes, k=cfg.folds.k, seed=cfg.folds.seed)
+    m = Manifest(root=manifest.root, records=list(recs))
+    store = build_store([m.abspath(r) for r in m.records], sample_rate, cfg.data.cache_dir, progress=progress)
+    genre_index = {g: i for i, g in enumerate(GENRES)}
+    return TrainData(
+        manifest=m,
+        store=store,
+        targets=m.label_matrix(cfg.label_codes),
+        genre=np.array([genre_index.get(r.genre or "", -1) for r in m.records], dtype=np.int64),
+        folds=np.array([-1 if r.fold is None else r.fold for r in m.records], dtype=np.int64),
+    )
+
+
+@dataclass
+class FitResult:
+    """Outcome of one (member, fold)."""
+
+    member: str
+    fold: int
+    best_epoch: int
+    epochs_run: int
+    metrics: dict[str, float]
+    model_path: Path
+    oof_path: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class _Cropper:
+    """Draws random fixed-length crops of cached clips as one batched gather (no per-clip Python loop)."""
+
+    def __init__(self, store: ClipStore, crop: int, device: torch.device) -> None:
+        self.data = torch.from_numpy(np.asarray(store.data))  # shares the memmap's pages
+        self.offsets = torch.from_numpy(store.offsets[:-1].copy())
+        self.lengths = torch.from_numpy(store.lengths.copy())
+        self.crop = crop
+        self.device = device
+        self.ar = torch.arange(crop)
+
+    def __call__(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        lengths = self.lengths[idx]
+        room = (lengths - self.crop).clamp(min=0)
+        start = (torch.rand(len(idx), generator=gen) * (room + 1).float()).long()
+        # wrap inside the clip when it is shorter than the crop (never read the neighbour clip)
+        pos = (start[:, None] + self.ar[None, :]) % lengths[:, None]
+        return self.data[self.offsets[idx][:, None] + pos].to(self.device, non_blocking=True)
+
+
+def _clip_windows(store: ClipStore, idx: np.ndarray, window_s: float, hop_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """All windows of clips ``idx`` → (windows (W, S), owner clip position (W,))."""
+    sr = store.sample_rate
+    chunks, owner = [], []
+    for j, i in enumerate(idx):
+        wave = store.clip(int(i))
+        starts = window_starts(len(wave) / sr, window_s, hop_s)
+        chunks.append(frame_windows(wave, sr, starts, window_s))
+        owner.append(np.full(len(starts), j))
+    return np.concatenate(chunks), np.concatenate(owner)
+
+
+@torch.inference_mode()
+def _score(model: Classifier, windows: np.ndarray, device: torch.device, batch: int) -> np.ndarray:
+    model.eval()
+    out = []
+    for a in range(0, len(windows), batch):
+        x = torch.from_numpy(windows[a : a + batch]).to(device)
+        out.append(model(x).float().cpu())
+    return torch.cat(out).numpy()  # logits
+
+
+def _validate(
+    model: Classifier, data: TrainData, val_idx: np.ndarray, cfg: Config, device: torch.device, hop_s: float
+) -> tuple[dict[str, float], list[np.ndarray]]:
+    """Window-level BCE and clip-level metrics (mean aggregation, fixed threshold) on the held-out fold."""
+    windows, owner = _clip_windows(data.store, val_idx, cfg.inference.window_s, hop_s)
+    logits = _score(model, windows, device, cfg.inference.batch_size)
+    y_win = data.targets[val_idx][owner]
+    loss = float(F.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(y_win)))
+    probs = 1.0 / (1.0 + np.exp(-logits))
+    per_clip = [probs[owner == j] for j in range(len(val_idx))]
+    clip_scores = np.stack([aggregate(w, "mean") for w in per_clip])
+    y = data.targets[val_idx]
+    y_pred = (clip_scores >= cfg.inference.threshold).astype(np.float32)
+    return {
+        "val_loss": loss,
+        "val_micro_f1": float(metrics.micro_f1(y, y_pred)),
+        "val_macro_f1": float(metrics.macro_f1(y, y_pred)),
+        "val_lrap": float(metrics.lrap(y, clip_scores)),
+    }, per_clip
+
+
+def _optimizer(model: torch.nn.Module, tc: Any) -> torch.optim.Optimizer:
+    if tc.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+
+
+def fit(
+    cfg: Config,
+    member: str,
+    fold: int,
+    *,
+    out_dir: str | Path,
+    hooks: Hooks | None = None,
+    data: TrainData | None = None,
+    device: torch.device | None = None,
+    prepare_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None,
+    shard: tuple[int, int] = (0, 1),
+) -> FitResult:
+    """Train ``member`` on every fold but ``fold``, validate on ``fold``, save model and OOF predictions.
+
+    Early stopping on validation loss (best weights restored) and LR-on-plateau follow the seed recipe;
+    a checkpoint (model, optimiser, scheduler, early-stopping state, RNG) is reported every epoch so a
+    failed worker resumes where it stopped.
+
+    Args:
+        cfg: Project configuration.
+        member: Member name (architecture + front end + recipe).
+        fold: The held-out fold.
+        out_dir: Where ``model.pt`` (best weights, self-describing) and ``oof.npz`` are written.
+        hooks: Reporting/resume hooks (default: local checkpoints under ``out_dir``).
+        data: Pre-loaded training data at the member's sample rate (loaded when None).
+        device: Torch device (default: CUDA if visible, else CPU).
+        prepare_model: Wraps the model for distributed training (Ray's ``prepare_model``).
+        shard: (rank, world size) of data-parallel training: every rank shuffles with the same seed (so
+            the epoch permutation agrees) and takes every ``world``-th batch index, i.e. a disjoint shard.
+
+    Returns:
+        The best epoch's metrics and the paths of the written files.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hooks = hooks or LocalHooks(out_dir)
+    device = device or pick_device()
+    tc = cfg.member_train(member)
+    mcfg = cfg.members[member]
+    if tc.torch_threads:
+        torch.set_num_threads(tc.torch_threads)
+    torch.manual_seed(tc.seed * 1000 + fold)
+    model = build_classifier(cfg, member, window_s=tc.crop_s).to(device)
+    spec = classifier_spec(cfg, member)
+    sr = model.sample_rate
+    data = data or load_train_data(cfg, sr)
+    if data.store.sample_rate != sr:
+        raise ValueError(f"training data is at {data.store.sample_rate} Hz, member {member!r} needs {sr} Hz")
+    train_idx, val_idx = data.split(fold)
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise ValueError(f"fold {fold}: {len(train_idx)} training and {len(val_idx)} validation clips")
+    augmenter = build_augmenter(mcfg.augment, sr, where=f"members.{member}.augment").to(device)
+    net = prepare_model(model) if prepare_model else model
+    opt = _optimizer(net, tc)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=tc.lr_factor, patience=tc.lr_patience,
+                                                       min_lr=tc.min_lr)
+    use_amp = tc.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    gen = torch.Generator().manual_seed(tc.seed * 7919 + fold)  # same on every rank: shards stay disjoint
+    crop = int(round(tc.crop_s * sr))
+    cropper = _Cropper(data.store, crop, device)
+    targets = torch.from_numpy(data.targets)
+    genre = torch.from_numpy(data.genre)
+    tempo = torch.from_numpy(data.store.tempo.astype(np.float32))
+    rank, world = shard
+    steps = tc.steps_per_epoch or max(1, math.ceil(len(train_idx) / (tc.batch_size * world)))
+
+    start_epoch, best_loss, bad_epochs, best_epoch = 0, math.inf, 0, -1
+    best_state: dict[str, torch.Tensor] | None = None
+    history: list[dict[str, float]] = []
+    resume = hooks.latest_checkpoint()
+    if resume is not None:
+        st = torch.load(resume / STATE_FILE, map_location="cpu", weights_only=True)
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        gen.set_state(st["generator"])
+        start_epoch, best_loss, bad_epochs = int(st["epoch"]) + 1, float(st["best_loss"]), int(st["bad_epochs"])
+        best_epoch, best_state = int(st["best_epoch"]), st["best_state"]
+        history = [dict(h) for h in json.loads(st["history"])]
+
+    train_t = torch.from_numpy(train_idx)
+    for epoch in range(start_epoch, tc.epochs):
+        net.train()
+        augmenter.train()
+        t_epoch = time.perf_counter()
+        t_data = 0.0
+        loss_sum = 0.0
+        perm = train_t[torch.randperm(len(train_t), generator=gen)][rank::world]
+        for step in range(steps):
+            t0 = time.perf_counter()
+            a = (step * tc.batch_size) % len(perm)
+            idx = perm[a : a + tc.batch_size]
+            if len(idx) < min(tc.batch_size, len(perm)):  # wrap so every step has a full batch
+                idx = torch.cat([idx, perm[: tc.batch_size - len(idx)]])
+            batch = Batch(
+                wave=cropper(idx, gen),
+                target=targets[idx].to(device),
+                genre=genre[idx].to(device),
+                tempo=tempo[idx].to(device),
+            )
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t_data += time.perf_counter() - t0
+            batch = augmenter(batch, gen)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                logits = net(batch.wave)
+                loss = F.binary_cross_entropy_with_logits(logits.float(), batch.target)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            loss_sum += float(loss.detach())
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        train_time = time.perf_counter() - t_epoch
+        val, _ = _validate(model, data, val_idx, cfg, device, tc.val_windows_hop_s)
+        sched.step(val["val_loss"])
+        improved = val["val_loss"] < best_loss - 1e-6
+        if improved:
+            best_loss, bad_epochs, best_epoch = val["val_loss"], 0, epoch
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        row = {
+            "epoch": float(epoch),
+            "train_loss": loss_sum / steps,
+            **val,
+            "lr": float(opt.param_groups[0]["lr"]),
+            "samples_per_s": steps * tc.batch_size / train_time,
+            "data_share": t_data / train_time,
+            "best_val_loss": best_loss,
+        }
+        history.append(row)
+        stop = bad_epochs >= tc.early_stopping_patience or epoch == tc.epochs - 1
+        with tempfile.TemporaryDirectory(prefix="mpic-ckpt-") as tmp:
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "generator": gen.get_state(),
+                    "epoch": epoch,
+                    "best_loss": best_loss,
+                    "bad_epochs": bad_epochs,
+                    "best_epoch": best_epoch,
+                    "best_state": best_state,
+                    "history": json.dumps(history),
+                },
+                Path(tmp) / STATE_FILE,
+            )
+            hooks.report(row, Path(tmp))
+        if stop:
+            break
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    best = history[best_epoch] if 0 <= best_epoch < len(history) else history[-1]
+    model_path = save_classifier(
+        out_dir / MODEL_FILE,
+        model,
+        CheckpointMeta(spec=spec, member=member, fold=fold, epoch=best_epoch,
+                       metrics={k: v for k, v in best.items() if k.startswith("val_")}),
+    )
+    # Out-of-fold window scores at the serving window/hop: the fusion search aggregates them itself.
+    model_eval = build_classifier(cfg, member).to(device)
+    model_eval.load_state_dict(model.state_dict())
+    windows, owner = _clip_windows(data.store, val_idx, cfg.inference.window_s, cfg.inference.hop_s)
+    probs = 1.0 / (1.0 + np.exp(-_score(model_eval, windows, device, cfg.inference.batch_size)))
+    oof_path = save_oof(
+        out_dir / OOF_FILE,
+        paths=[data.manifest.records[i].path for i in val_idx],
+        y_true=data.targets[val_idx],
+        window_scores=probs.astype(np.float32),
+        owner=owner,
+        labels=cfg.label_codes,
+    )
+    return FitResult(member, fold, best_epoch, len(history), best, model_path, oof_path, history)
+
+
+def save_oof(
+    path: Path, *, paths: list[str], y_true: np.ndarray, window_scores: np.ndarray, owner: np.ndarray,
+    labels: list[str],
+) -> Path:
+    """Write out-of-fold predictions: per-window scores with their clip, and the clips' true labels."""
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(tmp, paths=np.array(paths), y_true=y_true.astype(np.float32),
+                        window_scores=window_scores, owner=owner.astype(np.int64), labels=np.array(labels))
+    tmp.replace(path)
+    return path
+
+
+@dataclass
+class OOF:
+    """Out-of-fold predictions of one member over all folds (clip order sorted by path)."""
+
+    paths: list[str]
+    y_true: np.ndarray  # (N, C)
+    windows: list[np.ndarray]  # N × (W_i, C)
+    labels: list[str]
+
+    def aggregated(self, method: str) -> np.ndarray:
+        """(N, C) clip scores with aggregation ``method``."""
+        return np.stack([aggregate(w, method) for w in self.windows])
+
+
+def load_oof(files: list[Path]) -> OOF:
+    """Merge the per-fold OOF files of one member into one clip-ordered set."""
+    rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    labels: list[str] | None = None
+    for f in files:
+        z = np.load(f, allow_pickle=False)
+        lab = [str(x) for x in z["labels"]]
+        if labels is not None and lab != labels:
+            raise ValueError(f"{f}: labels {lab} differ from {labels}")
+        labels = lab
+        owner, ws = z["owner"], z["window_scores"]
+        for j, p in enumerate(z["paths"]):
+            rows[str(p)] = (z["y_true"][j], ws[owner == j])
+    if labels is None:
+        raise ValueError("no out-of-fold files given")
+    paths = sorted(rows)
+    return OOF(paths, np.stack([rows[p][0] for p in paths]), [rows[p][1] for p in paths], labels)
