@@ -1,0 +1,983 @@
+"""The HTTP API of mpic as a plain FastAPI app (no Ray): routes, request limits and the analysis flow.
+
+``create_api(cfg, backend)`` builds the app. ``backend`` scores windows for the ensemble members; it is a
+:class:`LocalBackend` (in-process predictors, used by tests, the web-page tests and ``python -m serve.api``)
+or the Ray Serve backend of :mod:`serve.ingress` (member deployment handles). The request flow is the same
+for both:
+
+1. read the uploads, enforcing the total-bytes and file-count limits (413);
+2. decode each file once in a worker thread (``ml.audio.decode``; a file that fails gets an error entry
+   while the others go on), with the per-file duration limit;
+3. resample once per distinct member sample rate and cut the windows (``window_starts``/``frame_windows``);
+4. fan out to every member with a positive weight concurrently (one ``score`` call per member and file, so
+   Serve's batching can merge songs from concurrent requests into one forward pass);
+5. fuse with ``fuse_windows`` + ``build_result`` and format as JSON or CSV (``ml.results``).
+
+Run it without Ray for development: ``python -m serve.api --profile demo --allow-untrained``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import os
+import secrets
+import threading
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal, Protocol
+
+import numpy as np
+import torch
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile, status
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.security import APIKeyHeader
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ml.audio import Audio, AudioError, decode, resample
+from ml.config import Aggregation, Config
+from ml.ensemble import SPEC_FORMAT, EnsembleSpec, SpecError, resolve_spec
+from ml.inference import FileResult, Predictor, build_result, frame_windows, fuse_windows, window_starts
+from ml.results import RESULTS_BASENAME, payload_to_json, results_payload, results_to_csv, sanitize_filename
+
+log = logging.getLogger("mpic.serve")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+API_KEY_HEADER = "X-API-Key"
+FORM_OVERHEAD_BYTES = 1 << 20  # multipart boundaries and text fields on top of the file bytes
+HEALTH_TIMEOUT_S = 10.0
+
+Format = Literal["json", "csv"]
+Loader = Callable[[Config, str, torch.device], Predictor]
+
+
+# ---- backends -----------------------------------------------------------------------------------------
+
+
+class Backend(Protocol):
+    """What the API needs from whoever runs the models.
+
+    ``health(member)`` is optional: a backend without it is reported as ``{"status": "ok"}``.
+    """
+
+    members: list[str]
+
+    def sample_rate(self, member: str) -> int:
+        """The rate (Hz) the member's windows must be sampled at."""
+        ...
+
+    async def score(self, member: str, windows: np.ndarray) -> np.ndarray:
+        """Sigmoid scores (W, C) for float32 windows (W, S) of one file."""
+        ...
+
+
+def check_predictor(
+    cfg: Config, member: str, predictor: Predictor, *, expect_rate: int | None = None
+) -> None:
+    """Fail clearly when a member's models do not fit the config the API frames windows with."""
+    if predictor.labels != cfg.label_codes:
+        raise ValueError(
+            f"member {member!r}: model labels {predictor.labels} differ from config {cfg.label_codes}"
+        )
+    if not math.isclose(predictor.window_s, cfg.inference.window_s, rel_tol=1e-6):
+        raise ValueError(
+            f"member {member!r}: models use {predictor.window_s} s windows, the config "
+            f"inference.window_s is {cfg.inference.window_s} s"
+        )
+    if expect_rate is not None and predictor.sample_rate != expect_rate:
+        raise ValueError(
+            f"member {member!r}: models expect {predictor.sample_rate} Hz but the config front end gives "
+            f"{expect_rate} Hz; retrain or fix front_ends"
+        )
+
+
+def config_sample_rate(cfg: Config, member: str) -> int:
+    """A member's input rate according to its configured front end."""
+    return int(cfg.front_ends[cfg.members[member].front_end].sample_rate)
+
+
+def load_predictor(
+    cfg: Config,
+    member: str,
+    device: torch.device | str = "cpu",
+    *,
+    checkpoints: Sequence[str] | None = None,
+    allow_untrained: bool = False,
+) -> Predictor:
+    """The default member loader: fold checkpoints (given, or the newest under ``runs_dir``).
+
+    With ``allow_untrained`` a member without checkpoints gets deterministic random weights.
+    """
+    from ml.inference import load_member
+
+    return load_member(
+        cfg, member, checkpoints=checkpoints or None, device=device, allow_untrained=allow_untrained
+    )
+
+
+class LocalBackend:
+    """In-process backend (no Ray).
+
+    Scoring runs in worker threads (``asyncio.to_thread``), one forward per member at a time (a lock per
+    member keeps torch from oversubscribing the cores).
+    """
+
+    def __init__(self, predictors: Mapping[str, Predictor]) -> None:
+        """Serve these predictors, keyed by member name."""
+        if not predictors:
+            raise ValueError("LocalBackend needs at least one predictor")
+        self.predictors = dict(predictors)
+        self.members = list(self.predictors)
+        self._locks = {m: threading.Lock() for m in self.predictors}
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: Config,
+        members: Sequence[str] | None = None,
+        *,
+        spec: EnsembleSpec | None = None,
+        allow_untrained: bool = False,
+        device: torch.device | str = "cpu",
+        loader: Loader | None = None,
+    ) -> LocalBackend:
+        """Load ``members`` (default: the spec's members with a positive weight) in this process."""
+        spec = spec or resolve_spec(cfg)
+        names = list(members) if members else [m for m, w in spec.weights.items() if w > 0]
+        dev = torch.device(device)
+        predictors = {}
+        for m in names:
+            if loader is not None:
+                p = loader(cfg, m, dev)
+            else:
+                ref = spec.members.get(m)
+                p = load_predictor(
+                    cfg, m, dev, checkpoints=ref.checkpoints if ref else None, allow_untrained=allow_untrained
+                )
+            check_predictor(cfg, m, p)
+            predictors[m] = p
+        return cls(predictors)
+
+    def sample_rate(self, member: str) -> int:
+        """The predictor's own rate (checkpoints are self-describing)."""
+        return int(self.predictors[member].sample_rate)
+
+    async def score(self, member: str, windows: np.ndarray) -> np.ndarray:
+        """Score in a worker thread."""
+        return await asyncio.to_thread(self._score, member, windows)
+
+    def _score(self, member: str, windows: np.ndarray) -> np.ndarray:
+        with self._locks[member]:
+            return self.predictors[member].score_windows(windows)
+
+    async def health(self, member: str) -> dict[str, Any]:
+        """Device and process of the in-process predictor."""
+        p = self.predictors[member]
+        return {
+            "status": "ok",
+            "device": str(p.device),
+            "pid": os.getpid(),
+            "sample_rate": p.sample_rate,
+            "gpu_ids": [],
+        }
+
+
+# ---- fusion settings (spec + live overrides) -----------------------------------------------------------
+
+
+class WeightsError(ValueError):
+    """Request or config weights that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """What the multi-model endpoint applies: weights over the served members, thresholds, aggregation."""
+
+    weights: dict[str, float]
+    thresholds: tuple[float, ...]
+    aggregation: str
+    ensemble: str = ""
+    version: int | None = None
+    source: str = "default"
+
+
+class FusionBox:
+    """A swappable :class:`Fusion` (the ingress replaces it on ``reconfigure``; requests read it once)."""
+
+    def __init__(self, fusion: Fusion) -> None:
+        """Hold ``fusion``."""
+        self.current = fusion
+
+    def set(self, fusion: Fusion) -> None:
+        """Swap in new settings; in-flight requests keep the ones they started with."""
+        self.current = fusion
+
+
+class FusionUpdate(BaseModel):
+    """The ingress ``user_config``: change fusion without restarting anything.
+
+    Applied over the spec the app was built with: ``spec_path`` (a ``spec-v<N>.json`` file) or an inline
+    ``spec`` replaces it, then ``weights`` / ``thresholds`` / ``aggregation`` override single fields. An
+    empty update restores the built-in spec.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: dict[str, float] | None = None
+    thresholds: float | list[float] | dict[str, float] | None = None
+    aggregation: Aggregation | None = None
+    spec_path: str | None = None
+    spec: dict[str, Any] | None = None
+
+
+def validate_weights(raw: Any, served: Sequence[str], *, known: Collection[str] = ()) -> dict[str, float]:
+    """Check a ``{member: weight}`` object; members left out get weight 0.
+
+    Raises:
+        WeightsError: not an object, unknown or unserved member, a weight that is not a finite number
+            ``>= 0``, or no positive weight at all.
+    """
+    if not isinstance(raw, Mapping):
+        raise WeightsError('weights must be a JSON object {"member": weight, ...}')
+    unknown = sorted(k for k in raw if k not in served)
+    if unknown:
+        not_served = [k for k in unknown if k in known]
+        if not_served:
+            raise WeightsError(
+                f"members {not_served} are not deployed in this service; served: {list(served)}"
+            )
+        raise WeightsError(f"unknown members {unknown}; valid: {list(served)}")
+    out: dict[str, float] = {}
+    for m in served:
+        v = raw.get(m, 0.0)
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise WeightsError(f"weight of {m!r} must be a number, got {v!r}")
+        if not math.isfinite(v):
+            raise WeightsError(f"weight of {m!r} must be finite, got {v}")
+        if v < 0:
+            raise WeightsError(f"weight of {m!r} must be >= 0, got {v}")
+        out[m] = float(v)
+    if not any(v > 0 for v in out.values()):
+        raise WeightsError("at least one member needs a positive weight (all weights are zero)")
+    return out
+
+
+def parse_weights(text: str, served: Sequence[str], *, known: Collection[str] = ()) -> dict[str, float]:
+    """Parse the ``weights`` form field (JSON) and validate it with :func:`validate_weights`."""
+    try:
+        raw = json.loads(text)
+    except ValueError as e:
+        raise WeightsError(f"weights is not valid JSON ({e})") from None
+    return validate_weights(raw, served, known=known)
+
+
+def _check_thresholds(values: Sequence[float]) -> tuple[float, ...]:
+    out = tuple(float(t) for t in values)
+    bad = [t for t in out if not (0.0 < t < 1.0)]
+    if bad:
+        raise ValueError(f"thresholds must lie in (0, 1), got {bad}")
+    return out
+
+
+def fusion_from_spec(
+    cfg: Config, spec: EnsembleSpec, served: Sequence[str], *, strict: bool = False
+) -> Fusion:
+    """Fusion settings of ``spec`` restricted to the ``served`` members.
+
+    Args:
+        cfg: The configuration (labels, default threshold).
+        spec: The fusion spec.
+        served: Members the backend serves.
+        strict: Fail when the spec gives a positive weight to a member that is not served (used for live
+            updates; at build time a members subset legitimately drops some).
+    """
+    spec.check_against(cfg)
+    missing = [m for m, w in spec.weights.items() if w > 0 and m not in served]
+    if strict and missing:
+        raise WeightsError(
+            f"the spec weights members {missing} that are not deployed; served: {list(served)}"
+        )
+    weights = {m: float(spec.weights.get(m, 0.0)) for m in served}
+    if not any(w > 0 for w in weights.values()):
+        raise WeightsError(f"the spec gives none of the served members {list(served)} a positive weight")
+    thresholds = spec.thresholds or [cfg.inference.threshold] * len(cfg.labels)
+    return Fusion(
+        weights=weights,
+        thresholds=_check_thresholds(thresholds),
+        aggregation=spec.aggregation,
+        ensemble=spec.ensemble,
+        version=spec.version,
+        source=spec.source,
+    )
+
+
+def apply_fusion_update(
+    cfg: Config, base: EnsembleSpec, update: Mapping[str, Any] | FusionUpdate | None, served: Sequence[str]
+) -> Fusion:
+    """The fusion settings for an ingress ``user_config`` (see :class:`FusionUpdate`).
+
+    Raises:
+        ValueError: A malformed update (unknown keys, bad weights/thresholds, unreadable spec).
+    """
+    try:
+        upd = update if isinstance(update, FusionUpdate) else FusionUpdate.model_validate(dict(update or {}))
+    except ValidationError as e:
+        raise ValueError(f"invalid fusion user_config: {e}") from None
+    spec = base
+    strict = False
+    if upd.spec_path:
+        try:
+            spec = EnsembleSpec.from_json(Path(upd.spec_path).read_text())
+        except OSError as e:
+            raise ValueError(f"cannot read spec_path {upd.spec_path!r}: {e}") from None
+        strict = True
+    elif upd.spec is not None:
+        spec = EnsembleSpec.from_json(json.dumps({"format": SPEC_FORMAT, **upd.spec}))
+        strict = True
+    try:
+        fusion = fusion_from_spec(cfg, spec, served, strict=strict)
+    except SpecError as e:
+        raise ValueError(str(e)) from None
+    weights = fusion.weights
+    if upd.weights is not None:
+        weights = validate_weights(upd.weights, served, known=cfg.members)
+    thresholds = list(fusion.thresholds)
+    if isinstance(upd.thresholds, dict):
+        unknown = sorted(set(upd.thresholds) - set(cfg.label_codes))
+        if unknown:
+            raise ValueError(f"thresholds for unknown labels {unknown}; valid: {cfg.label_codes}")
+        thresholds = [
+            float(upd.thresholds.get(c, t)) for c, t in zip(cfg.label_codes, thresholds, strict=True)
+        ]
+    elif isinstance(upd.thresholds, list):
+        if len(upd.thresholds) != len(cfg.labels):
+            raise ValueError(f"{len(upd.thresholds)} thresholds for {len(cfg.labels)} labels")
+        thresholds = list(upd.thresholds)
+    elif upd.thresholds is not None:
+        thresholds = [float(upd.thresholds)] * len(cfg.labels)
+    source = (
+        fusion.source
+        if upd.weights is None and upd.thresholds is None and upd.aggregation is None
+        else f"{fusion.source}+user_config"
+    )
+    return Fusion(
+        weights=weights,
+        thresholds=_check_thresholds(thresholds),
+        aggregation=upd.aggregation or fusion.aggregation,
+        ensemble=fusion.ensemble,
+        version=fusion.version,
+        source=source,
+    )
+
+
+# ---- the analysis flow --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Decoded:
+    name: str
+    audio: Audio | None = None
+    error: str | None = None
+    starts: np.ndarray | None = None
+    windows: dict[int, np.ndarray] = field(default_factory=dict)  # sample rate → (W, S)
+
+
+class ScoringError(RuntimeError):
+    """A member failed to score (backend down, overloaded or broken); the whole request fails (503)."""
+
+
+def _decode_and_frame(
+    name: str,
+    data: bytes,
+    rates: Collection[int],
+    *,
+    window_s: float,
+    hop_s: float,
+    max_seconds: float,
+    min_seconds: float,
+    silence_dbfs: float,
+) -> _Decoded:
+    """Decode once, resample once per rate and frame windows (runs in a worker thread)."""
+    try:
+        audio = decode(
+            data, None, max_seconds=max_seconds, min_seconds=min_seconds, silence_dbfs=silence_dbfs
+        )
+    except AudioError as e:
+        return _Decoded(name, error=f"{e.code}: {e}")
+    except Exception as e:
+        log.warning("decoding %r failed unexpectedly: %r", name, e)
+        return _Decoded(name, error=f"undecodable: could not decode the audio ({type(e).__name__})")
+    starts = window_starts(audio.duration_s, window_s, hop_s)
+    windows = {}
+    for rate in sorted(set(rates)):
+        wave = resample(audio.wave, audio.sample_rate, rate)
+        windows[rate] = frame_windows(wave, rate, starts, window_s)
+    return _Decoded(name, audio=audio, starts=starts, windows=windows)
+
+
+async def analyze(
+    cfg: Config,
+    backend: Backend,
+    uploads: Sequence[tuple[str, bytes]],
+    *,
+    weights: Mapping[str, float],
+    thresholds: Sequence[float],
+    aggregation: str,
+) -> list[FileResult]:
+    """Decode, window, score with every positively weighted member concurrently, fuse (see module doc).
+
+    Raises:
+        ScoringError: A backend call failed.
+    """
+    active = [m for m in backend.members if weights.get(m, 0.0) > 0]
+    if not active:
+        raise WeightsError("no served member has a positive weight")
+    rate_of = {m: int(backend.sample_rate(m)) for m in active}
+    inf = cfg.inference
+    max_seconds = min(cfg.audio.max_seconds, cfg.serve.limits.max_seconds)
+    decoded: list[_Decoded] = list(
+        await asyncio.gather(
+            *(
+                asyncio.to_thread(
+                    _decode_and_frame,
+                    name,
+                    data,
+                    set(rate_of.values()),
+                    window_s=inf.window_s,
+                    hop_s=inf.hop_s,
+                    max_seconds=max_seconds,
+                    min_seconds=cfg.audio.min_seconds,
+                    silence_dbfs=cfg.audio.silence_dbfs,
+                )
+                for name, data in uploads
+            )
+        )
+    )
+    good = [d for d in decoded if d.audio is not None]
+    jobs = [(d, m) for d in good for m in active]
+    try:
+        outputs = await asyncio.gather(*(backend.score(m, d.windows[rate_of[m]]) for d, m in jobs))
+    except Exception as e:
+        log.exception("scoring failed")
+        raise ScoringError(f"model scoring failed: {type(e).__name__}: {e}") from e
+    n_labels = len(cfg.labels)
+    per_file: dict[int, dict[str, np.ndarray]] = {}
+    for (d, m), out in zip(jobs, outputs, strict=True):
+        arr = np.asarray(out, dtype=np.float32)
+        n_windows = len(d.starts) if d.starts is not None else 0
+        if arr.shape != (n_windows, n_labels):
+            raise ScoringError(
+                f"member {m!r} returned scores of shape {arr.shape}, expected {(n_windows, n_labels)}"
+            )
+        per_file.setdefault(id(d), {})[m] = arr
+    results: list[FileResult] = []
+    for d in decoded:
+        if d.audio is None or d.starts is None:
+            results.append(FileResult(file=d.name, error=d.error or "could not decode"))
+            continue
+        file_scores, fused = fuse_windows(per_file[id(d)], weights, aggregation)
+        results.append(
+            build_result(
+                d.name, d.audio, file_scores, fused, d.starts, cfg.label_codes, thresholds, inf.window_s
+            )
+        )
+    return results
+
+
+# ---- response models (for validation-free responses and an accurate /docs) -----------------------------
+
+
+class SegmentOut(BaseModel):
+    """Fused scores of one analysis window."""
+
+    start_s: float
+    end_s: float
+    scores: dict[str, float] = Field(description="label code → score")
+
+
+class FileAnalysis(BaseModel):
+    """A successfully analysed file."""
+
+    file: str = Field(description="the uploaded name, sanitised (no directories or control characters)")
+    duration_s: float
+    scores: dict[str, float] = Field(description="label code → fused file score in [0, 1]")
+    instruments: list[str] = Field(description="label codes whose score reaches its threshold")
+    silent: bool = Field(description="the file is (nearly) silent; no instruments are reported")
+    segments: list[SegmentOut] = Field(description="per-window fused scores")
+
+
+class FileFailure(BaseModel):
+    """A file that could not be analysed (the other files of the request still are)."""
+
+    file: str
+    error: str = Field(description="'<code>: <reason>', e.g. 'undecodable: not a readable audio file'")
+
+
+class AnalyzeResponse(BaseModel):
+    """Results of one analysis request (also the body of the ``format=json`` download)."""
+
+    labels: list[str]
+    weights: dict[str, float] = Field(description="normalised weights of the members that were called")
+    thresholds: dict[str, float]
+    aggregation: str
+    results: list[FileAnalysis | FileFailure]
+
+
+class LabelOut(BaseModel):
+    """One instrument class."""
+
+    code: str
+    name: str
+
+
+class MemberOut(BaseModel):
+    """One served ensemble member."""
+
+    name: str
+    arch: str
+    front_end: str
+    description: str
+    sample_rate: int
+    aggregation: str
+    weight: float
+
+
+class SpecOut(BaseModel):
+    """Where the fusion settings come from."""
+
+    ensemble: str
+    version: int | None
+    source: str
+
+
+class LimitsOut(BaseModel):
+    """Request limits."""
+
+    max_upload_bytes: int
+    max_files: int
+    max_seconds: float
+
+
+class ModelsResponse(BaseModel):
+    """The served members and the fusion settings of the multi-model endpoint."""
+
+    members: list[MemberOut]
+    default: str = Field(description="the member the single-model endpoint uses when none is named")
+    weights: dict[str, float]
+    thresholds: dict[str, float]
+    aggregation: str
+    labels: list[LabelOut]
+    spec: SpecOut
+    limits: LimitsOut
+
+
+class MemberHealth(BaseModel):
+    """Health of one member (one replica, when served by Ray)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["ok", "error"]
+    device: str | None = None
+    pid: int | None = None
+    gpu_ids: list[str] = []
+    error: str | None = None
+
+
+class HealthResponse(BaseModel):
+    """Overall and per-member health."""
+
+    ok: bool
+    members: dict[str, MemberHealth]
+
+
+class ErrorResponse(BaseModel):
+    """An error."""
+
+    detail: str
+
+
+# ---- the app -----------------------------------------------------------------------------------------
+
+
+class _ContentLengthLimit:
+    """Reject a declared body larger than the limit with a JSON 413 before anything is read.
+
+    Bodies without a Content-Length are cut off by FastAPI's per-route ``max_body_size``.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, prefix: str) -> None:
+        self.app, self.max_bytes, self.prefix = app, max_bytes, prefix
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and str(scope.get("path", "")).startswith(self.prefix):
+            for k, v in scope.get("headers", []):
+                if k == b"content-length":
+                    try:
+                        size = int(v)
+                    except ValueError:
+                        size = -1
+                    if size > self.max_bytes:
+                        resp = JSONResponse(
+                            {"detail": f"upload of {size} bytes exceeds the limit of {self.max_bytes} bytes"},
+                            status_code=status.HTTP_413_CONTENT_TOO_LARGE,
+                            headers={"Connection": "close"},
+                        )
+                        await resp(scope, receive, send)
+                        return
+        await self.app(scope, receive, send)
+
+
+@dataclass
+class ApiState:
+    """Everything the routes share; ``app.state.mpic``."""
+
+    cfg: Config
+    backend: Backend
+    fusion: FusionBox
+    static_dir: Path
+
+    @property
+    def default_model(self) -> str:
+        """``cfg.default_model`` when served, else the first served member."""
+        d = self.cfg.default_model
+        return d if d in self.backend.members else self.backend.members[0]
+
+
+_RESULT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "Per-file results. With `format=json|csv` the same content comes as a download "
+        f"(`Content-Disposition: attachment; filename={RESULTS_BASENAME}.json|.csv`).",
+        "content": {"text/csv": {"schema": {"type": "string"}}},
+    },
+    401: {
+        "model": ErrorResponse,
+        "description": "missing or wrong X-API-Key (only when a key is configured)",
+    },
+    413: {"model": ErrorResponse, "description": "too many files or too many bytes"},
+    422: {"description": "invalid parameters (weights, threshold, format, no files)"},
+    503: {"model": ErrorResponse, "description": "a model backend failed or is overloaded"},
+    504: {"model": ErrorResponse, "description": "the analysis took longer than the request timeout"},
+}
+
+
+_key_header = APIKeyHeader(
+    name=API_KEY_HEADER,
+    auto_error=False,
+    description="required when the server is configured with serve.api_key",
+)
+
+
+def require_api_key(request: Request, key: Annotated[str | None, Depends(_key_header)]) -> None:
+    """Dependency: the ``X-API-Key`` header must match ``serve.api_key`` (401 otherwise)."""
+    expected = request.app.state.mpic.cfg.serve.api_key
+    if expected and not (key and secrets.compare_digest(key.encode(), expected.encode())):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            f"missing or invalid {API_KEY_HEADER} header",
+            headers={"WWW-Authenticate": API_KEY_HEADER},
+        )
+
+
+FilesParam = Annotated[list[UploadFile], File(description="audio files (WAV, FLAC, MP3, OGG, …)")]
+FormatQuery = Annotated[Format | None, Query(alias="format", description="download as json or csv")]
+FormatForm = Annotated[Format | None, Form(alias="format", description="same as the query parameter")]
+ThresholdForm = Annotated[float | None, Form(gt=0, lt=1, description="one threshold for every class (0, 1)")]
+
+
+def create_api(
+    cfg: Config,
+    backend: Backend,
+    *,
+    spec: EnsembleSpec | None = None,
+    fusion: FusionBox | None = None,
+    static_dir: str | Path | None = None,
+) -> FastAPI:
+    """Build the FastAPI app.
+
+    Args:
+        cfg: The project configuration (limits, labels, members, API key, CORS).
+        backend: Scores windows; its ``members`` are the served members.
+        spec: Fusion spec (default: :func:`ml.ensemble.resolve_spec`); ignored when ``fusion`` is given.
+        fusion: A shared :class:`FusionBox` the caller may swap later (the Serve ingress does).
+        static_dir: Web page folder (default ``serve/static``): ``GET /`` serves its ``index.html``.
+    """
+    if not backend.members:
+        raise ValueError("the backend serves no members")
+    if fusion is None:
+        fusion = FusionBox(fusion_from_spec(cfg, spec or resolve_spec(cfg), backend.members))
+    state = ApiState(
+        cfg=cfg, backend=backend, fusion=fusion, static_dir=Path(static_dir) if static_dir else STATIC_DIR
+    )
+    limits = cfg.serve.limits
+    app = FastAPI(
+        title="mpic",
+        version="1",
+        summary="Multiple predominant instrument classification",
+        description=(
+            "Upload audio files (WAV, FLAC, MP3, OGG, AIFF, …) and get, for each, the probability of every "
+            "instrument class, the instruments over threshold and per-window scores. `single_model` uses one "
+            "ensemble member, `multi_model` fuses all members with positive weight."
+        ),
+    )
+    app.state.mpic = state
+    app.add_middleware(
+        _ContentLengthLimit, max_bytes=limits.max_upload_bytes + FORM_OVERHEAD_BYTES, prefix="/analyze_files"
+    )
+    if cfg.serve.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(cfg.serve.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=[API_KEY_HEADER, "Content-Type"],
+            expose_headers=["Content-Disposition"],
+        )
+
+    protected = [Depends(require_api_key)] if cfg.serve.api_key else []
+    body_limit = limits.max_upload_bytes + FORM_OVERHEAD_BYTES
+
+    async def read_uploads(files: list[UploadFile]) -> list[tuple[str, bytes]]:
+        if len(files) > limits.max_files:
+            raise HTTPException(
+                status.HTTP_413_CONTENT_TOO_LARGE,
+                f"{len(files)} files exceed the limit of {limits.max_files} per request",
+            )
+        out, total = [], 0
+        for f in files:
+            chunks = []
+            while chunk := await f.read(1 << 20):
+                total += len(chunk)
+                if total > limits.max_upload_bytes:
+                    raise HTTPException(
+                        status.HTTP_413_CONTENT_TOO_LARGE,
+                        f"uploads exceed the limit of {limits.max_upload_bytes} bytes",
+                    )
+                chunks.append(chunk)
+            out.append((sanitize_filename(f.filename), b"".join(chunks)))
+        return out
+
+    async def run(
+        uploads: list[tuple[str, bytes]],
+        weights: dict[str, float],
+        thresholds: Sequence[float],
+        aggregation: str,
+        fmt: Format | None,
+    ) -> Response:
+        try:
+            results = await asyncio.wait_for(
+                analyze(
+                    cfg, backend, uploads, weights=weights, thresholds=thresholds, aggregation=aggregation
+                ),
+                timeout=limits.request_timeout_s,
+            )
+        except TimeoutError:
+            raise HTTPException(
+                status.HTTP_504_GATEWAY_TIMEOUT, f"analysis took longer than {limits.request_timeout_s:g} s"
+            ) from None
+        except ScoringError as e:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(e)) from None
+        used = {m: w for m, w in weights.items() if w > 0}
+        total = sum(used.values())
+        payload = results_payload(
+            cfg.label_codes,
+            {m: w / total for m, w in used.items()},
+            list(thresholds),
+            results,
+            aggregation=aggregation,
+        )
+        if fmt is None:
+            return JSONResponse(payload)
+        if fmt == "csv":
+            return Response(
+                results_to_csv(cfg.label_codes, payload["results"]),
+                media_type="text/csv; charset=utf-8",
+                headers={"Content-Disposition": f"attachment; filename={RESULTS_BASENAME}.csv"},
+            )
+        return Response(
+            payload_to_json(payload),
+            media_type="application/json",
+            headers={"Content-Disposition": f"attachment; filename={RESULTS_BASENAME}.json"},
+        )
+
+    @app.post(
+        "/analyze_files/single_model",
+        response_model=AnalyzeResponse,
+        responses={**_RESULT_RESPONSES, 404: {"model": ErrorResponse, "description": "unknown model"}},
+        dependencies=protected,
+        max_body_size=body_limit,
+        summary="Analyse files with one ensemble member",
+        description="Thresholds: `threshold` if given, else the config's `inference.threshold` (the fitted "
+        "per-class thresholds belong to the fused ensemble).",
+    )
+    async def analyze_single(
+        files: FilesParam,
+        model_form: Annotated[
+            str | None, Form(alias="model", description="member name (GET /models)")
+        ] = None,
+        model_query: Annotated[
+            str | None, Query(alias="model", description="member name (GET /models)")
+        ] = None,
+        threshold: ThresholdForm = None,
+        format_form: FormatForm = None,
+        format_query: FormatQuery = None,
+    ) -> Response:
+        name = model_form or model_query or state.default_model
+        if name not in backend.members:
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND,
+                f"unknown model {name!r}; valid models: {', '.join(backend.members)}",
+            )
+        uploads = await read_uploads(files)
+        thr = [threshold if threshold is not None else cfg.inference.threshold] * len(cfg.labels)
+        return await run(
+            uploads, {name: 1.0}, thr, cfg.members[name].aggregation, format_query or format_form
+        )
+
+    @app.post(
+        "/analyze_files/multi_model",
+        response_model=AnalyzeResponse,
+        responses=_RESULT_RESPONSES,
+        dependencies=protected,
+        max_body_size=body_limit,
+        summary="Analyse files with the fused ensemble",
+        description="Weights default to the fusion spec's; members with weight 0 are not called. Thresholds: "
+        "`threshold` if given, else the spec's per-class thresholds.",
+    )
+    async def analyze_multi(
+        files: FilesParam,
+        weights: Annotated[
+            str | None,
+            Form(
+                description='JSON object {"member": weight >= 0}; members left out get 0',
+                examples=['{"res_genre": 0.7, "res_bpm": 0.3}'],
+            ),
+        ] = None,
+        threshold: ThresholdForm = None,
+        format_form: FormatForm = None,
+        format_query: FormatQuery = None,
+    ) -> Response:
+        fu = state.fusion.current
+        if weights is not None and weights.strip():
+            try:
+                w = parse_weights(weights, backend.members, known=cfg.members)
+            except WeightsError as e:
+                raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, str(e)) from None
+        else:
+            w = dict(fu.weights)
+        uploads = await read_uploads(files)
+        thr = [threshold] * len(cfg.labels) if threshold is not None else list(fu.thresholds)
+        return await run(uploads, w, thr, fu.aggregation, format_query or format_form)
+
+    @app.get(
+        "/models",
+        response_model=ModelsResponse,
+        dependencies=protected,
+        responses={401: {"model": ErrorResponse}},
+        summary="Served members and fusion settings",
+    )
+    async def models() -> ModelsResponse:
+        fu = state.fusion.current
+        return ModelsResponse(
+            members=[
+                MemberOut(
+                    name=m,
+                    arch=cfg.members[m].arch,
+                    front_end=cfg.members[m].front_end,
+                    description=cfg.members[m].description,
+                    sample_rate=backend.sample_rate(m),
+                    aggregation=cfg.members[m].aggregation,
+                    weight=fu.weights.get(m, 0.0),
+                )
+                for m in backend.members
+            ],
+            default=state.default_model,
+            weights=dict(fu.weights),
+            thresholds=dict(zip(cfg.label_codes, fu.thresholds, strict=True)),
+            aggregation=fu.aggregation,
+            labels=[LabelOut(code=lab.code, name=lab.name) for lab in cfg.labels],
+            spec=SpecOut(ensemble=fu.ensemble, version=fu.version, source=fu.source),
+            limits=LimitsOut(
+                max_upload_bytes=limits.max_upload_bytes,
+                max_files=limits.max_files,
+                max_seconds=min(limits.max_seconds, cfg.audio.max_seconds),
+            ),
+        )
+
+    @app.get(
+        "/healthz",
+        response_model=HealthResponse,
+        responses={503: {"model": HealthResponse}},
+        summary="Liveness of the API and every member",
+    )
+    async def healthz() -> JSONResponse:
+        probe = getattr(backend, "health", None)
+
+        async def one(m: str) -> MemberHealth:
+            if probe is None:
+                return MemberHealth(status="ok")
+            try:
+                info = await asyncio.wait_for(probe(m), timeout=HEALTH_TIMEOUT_S)
+                info = {**info, "gpu_ids": [str(g) for g in info.get("gpu_ids", [])]}
+                return MemberHealth.model_validate({"status": "ok", **info})
+            except Exception as e:
+                return MemberHealth(status="error", error=f"{type(e).__name__}: {e}")
+
+        members = dict(
+            zip(backend.members, await asyncio.gather(*(one(m) for m in backend.members)), strict=True)
+        )
+        ok = all(h.status == "ok" for h in members.values())
+        body = HealthResponse(ok=ok, members=members)
+        return JSONResponse(body.model_dump(mode="json"), status_code=200 if ok else 503)
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> Response:
+        page = state.static_dir / "index.html"
+        if page.is_file():
+            return FileResponse(page, media_type="text/html")
+        return HTMLResponse(
+            "<!doctype html><title>mpic</title><h1>mpic</h1>"
+            '<p>The web page is not installed. See <a href="/docs">the API docs</a>.</p>'
+        )
+
+    if state.static_dir.is_dir():
+        app.mount("/static", StaticFiles(directory=state.static_dir), name="static")
+
+    @app.exception_handler(WeightsError)
+    async def _weights_error(_: Request, exc: WeightsError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+    return app
+
+
+# ---- dev mode: uvicorn, no Ray ------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m serve.api``: the API with in-process models under uvicorn (no Ray)."""
+    from ml.config import load_config
+
+    ap = argparse.ArgumentParser(prog="python -m serve.api", description=main.__doc__)
+    ap.add_argument("--config")
+    ap.add_argument("--profile")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--host")
+    ap.add_argument("--port", type=int)
+    ap.add_argument(
+        "--allow-untrained", action="store_true", help="random weights for members without checkpoints"
+    )
+    args = ap.parse_args(argv)
+    cfg = load_config(args.config, args.profile, args.overrides)
+    import uvicorn
+
+    app = create_api(cfg, LocalBackend.from_config(cfg, allow_untrained=args.allow_untrained))
+    uvicorn.run(app, host=args.host or cfg.serve.host, port=args.port or cfg.serve.port)
+
+
+if __name__ == "__main__":
+    main()
