@@ -1,0 +1,237 @@
+"""The `mpic` command line: one thin subcommand per job.
+
+Every subcommand takes ``--config PATH``, ``--profile NAME`` and repeated ``--set key=value``. Commands
+that need Ray (`train`, `fuse`, `serve`) import `ray_jobs` / `serve` lazily, so the library stays
+Ray-free and ``mpic --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ml.config import Config, ConfigError, load_config
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="config file (default: $MPIC_CONFIG, ./config.yml, the project's)")
+    p.add_argument("--profile", help="profile from config.yml: smoke, demo, full, … ($MPIC_PROFILE)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+
+
+def _cfg(args: argparse.Namespace, extra: Sequence[str] = ()) -> Config:
+    return load_config(args.config, args.profile, [*args.overrides, *extra])
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    """Render a synthetic IRMAS-style data set."""
+    from ml.data.synth import resolve_programs, resolve_soundfont, synthesize
+
+    cfg = _cfg(args)
+    s = cfg.synth
+    out = Path(args.out) if args.out else cfg.data.root
+    fonts = [resolve_soundfont(f) for f in (args.soundfont or s.soundfonts)]
+    t0 = time.perf_counter()
+    report = synthesize(
+        out,
+        labels=cfg.label_codes,
+        programs=resolve_programs(cfg.label_codes, s.programs),
+        train_clips=args.train_clips if args.train_clips is not None else s.train_clips,
+        test_excerpts=args.test_excerpts if args.test_excerpts is not None else s.test_excerpts,
+        seed=args.seed if args.seed is not None else s.seed,
+        soundfonts=fonts,
+        sample_rate=s.sample_rate,
+        clips_per_recording=s.clips_per_recording,
+        workers=args.workers or s.workers,
+        progress=not args.quiet,
+    )
+    print(f"wrote {report.train_files} training clips and {report.test_files} test excerpts to {out} "
+          f"in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_folds(args: argparse.Namespace) -> int:
+    """Assign leak-free, label-stratified folds and write them as CSV."""
+    from ml.data.folds import assign_folds, write_folds
+    from ml.data.irmas import build_manifest
+    from ml.data.manifest import Manifest
+
+    cfg = _cfg(args)
+    root = Path(args.data) if args.data else cfg.data.root
+    k = args.k or cfg.folds.k
+    manifest = build_manifest(root, cfg.label_codes, strict=False)
+    recs = assign_folds(manifest.filter(split="train"), cfg.label_codes, k=k, seed=cfg.folds.seed)
+    out = Path(args.out) if args.out else cfg.data.cache_dir / "folds.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    n = write_folds(Manifest(manifest.root, recs), out)
+    print(f"{n} clips in {k} folds → {out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Fold-parallel training on Ray (Tune grid of member × fold, each a TorchTrainer)."""
+    from ray_jobs.train import train
+
+    cfg = _cfg(args)
+    summary = train(cfg, members=args.members, folds=args.folds)
+    print(json.dumps(summary.get("members", summary), indent=2, default=str))
+    return 0
+
+
+def cmd_fuse(args: argparse.Namespace) -> int:
+    """Ray Tune search of fusion weights, aggregation and thresholds on out-of-fold predictions."""
+    from ray_jobs.fuse import fuse
+
+    cfg = _cfg(args)
+    result = fuse(cfg)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate members and the fused ensemble on an IRMAS testing layout."""
+    from ml.evaluate import evaluate, format_table
+
+    cfg = _cfg(args)
+    report = evaluate(cfg, data_root=Path(args.data) if args.data else None, members=args.models)
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=2))
+    print(format_table(report) if args.format == "table" else json.dumps(report, indent=2))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Predict instruments in audio files with the fused ensemble (or chosen members)."""
+    from ml.inference import load_ensemble
+    from ml.results import results_payload, results_to_csv
+
+    cfg = _cfg(args)
+    ens = load_ensemble(cfg, allow_untrained=args.untrained)
+    weights = None
+    if args.weights:
+        weights = json.loads(args.weights)
+    elif args.models:
+        weights = {m: 1.0 for m in args.models}
+    t0 = time.perf_counter()
+    results = ens.predict([(str(f), Path(f)) for f in args.files], weights=weights)
+    took = time.perf_counter() - t0
+    audio_s = sum(r.duration_s or 0.0 for r in results)
+    w = weights or ens.weights
+    if args.format == "csv":
+        sys.stdout.write(results_to_csv(ens.labels, results))
+    else:
+        payload = results_payload(ens.labels, w, ens.thresholds, results)
+        print(json.dumps(payload, indent=2))
+    print(f"{len(results)} file(s), {audio_s:.1f} s of audio in {took:.2f} s "
+          f"({audio_s / max(took, 1e-9):.1f} audio-s/s)", file=sys.stderr)
+    return 1 if any(r.error for r in results) else 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the ensemble on a local Ray (HTTP + web page)."""
+    from serve.app import run_local
+
+    cfg = _cfg(args)
+    run_local(cfg, host=args.host or cfg.serve.host, port=args.port or cfg.serve.port,
+              allow_untrained=args.untrained, blocking=not args.detach)
+    return 0
+
+
+def cmd_mlflow(args: argparse.Namespace) -> int:
+    """Start the MLflow UI on the SQL store (127.0.0.1:5000 by default)."""
+    from ml.tracking import server_command
+
+    cfg = _cfg(args)
+    cmd = server_command(cfg)
+    print("$", " ".join(cmd))
+    return subprocess.call(cmd)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run the benchmarks under bench/ (inference, training, accuracy)."""
+    cmd = [sys.executable, "-m", "bench.run", *(["--quick"] if args.quick else [])]
+    return subprocess.call(cmd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `mpic`."""
+    parser = argparse.ArgumentParser(prog="mpic", description="Multiple predominant instrument classification")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=fn.__doc__)
+        _common(p)
+        p.set_defaults(func=fn)
+        return p
+
+    p = add("synth", cmd_synth, "render a synthetic IRMAS-style data set")
+    p.add_argument("--out", help="output folder (default: data.root)")
+    p.add_argument("--train-clips", type=int)
+    p.add_argument("--test-excerpts", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--soundfont", action="append", help="timgm6mb, fluidr3 or an .sf2 path (repeatable)")
+    p.add_argument("--workers", type=int)
+    p.add_argument("--quiet", action="store_true")
+
+    p = add("folds", cmd_folds, "assign cross-validation folds")
+    p.add_argument("--data", help="data set root (default: data.root)")
+    p.add_argument("--k", type=int)
+    p.add_argument("--out", help="CSV to write (default: <cache_dir>/folds.csv)")
+
+    p = add("train", cmd_train, "train the ensemble's members on Ray")
+    p.add_argument("--members", nargs="+")
+    p.add_argument("--folds", nargs="+", type=int)
+
+    add("fuse", cmd_fuse, "search fusion weights/aggregation/thresholds on OOF predictions")
+
+    p = add("evaluate", cmd_evaluate, "evaluate on an IRMAS testing layout")
+    p.add_argument("--data", help="data set root holding IRMAS-TestingData* (default: data.root)")
+    p.add_argument("--models", nargs="+", help="members to evaluate (default: the spec's)")
+    p.add_argument("--format", choices=["json", "table"], default="table")
+    p.add_argument("--output", help="also write the JSON report here")
+
+    p = add("predict", cmd_predict, "predict instruments in audio files")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--format", choices=["json", "csv"], default="json")
+    p.add_argument("--models", nargs="+", help="members to use with equal weights")
+    p.add_argument("--weights", help='JSON object member → weight, e.g. \'{"res_genre": 1}\'')
+    p.add_argument("--untrained", action="store_true", help="allow members without checkpoints (random weights)")
+
+    p = add("serve", cmd_serve, "serve the ensemble over HTTP with the web page")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--untrained", action="store_true", help="allow members without checkpoints (random weights)")
+    p.add_argument("--detach", action="store_true", help="deploy and return (Ray keeps serving)")
+
+    add("mlflow", cmd_mlflow, "start the MLflow UI")
+
+    p = add("bench", cmd_bench, "run the benchmarks")
+    p.add_argument("--quick", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `mpic` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as e:
+        print(f"mpic {args.command}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _run(argv: Sequence[str] | None = None) -> Any:  # pragma: no cover - `python -m ml.cli`
+    sys.exit(main(argv))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _run()

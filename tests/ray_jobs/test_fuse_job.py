@@ -1,0 +1,103 @@
+"""The fusion search on Ray Tune, on constructed out-of-fold predictions with a known optimum."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ml.config import load_config
+from ml.ensemble import EnsembleSpec, latest_spec
+from ml.train import save_oof
+
+ROOT = Path(__file__).resolve().parents[2]
+MEMBERS = ("res_genre", "res_bpm")
+
+
+def write_member_oof(runs: Path, member: str, windows: list[np.ndarray], y: np.ndarray, labels, k=2) -> None:
+    n = len(windows)
+    for fold in range(k):
+        idx = [i for i in range(n) if i % k == fold]
+        folder = runs / member / f"fold{fold}"
+        folder.mkdir(parents=True, exist_ok=True)
+        save_oof(
+            folder / "oof.npz",
+            paths=[f"clip{i:03d}.wav" for i in idx],
+            y_true=y[idx],
+            window_scores=np.concatenate([windows[i] for i in idx]),
+            owner=np.concatenate([np.full(len(windows[i]), j) for j, i in enumerate(idx)]),
+            labels=list(labels),
+        )
+
+
+@pytest.fixture(scope="module")
+def fuse_cfg(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fuse")
+    cfg = load_config(
+        ROOT / "config.yml",
+        profile="smoke",
+        overrides=[
+            f"runs_dir={tmp / 'runs'}",
+            f"data.root={tmp / 'no-data-here'}",
+            f"data.cache_dir={tmp / 'cache'}",
+            f"ray.storage_path={tmp / 'ray'}",
+            f"mlflow.backend_store_uri=sqlite:///{tmp / 'mlflow.db'}",
+            f"mlflow.artifacts_destination={tmp / 'artifacts'}",
+            "fusion.num_samples=24",
+        ],
+    )
+    rng = np.random.default_rng(0)
+    n, c = 120, len(cfg.labels)
+    y = np.zeros((n, c), np.float32)
+    y[np.arange(n), rng.integers(0, c, n)] = 1
+    y[rng.random((n, c)) < 0.15] = 1
+    signal = [np.clip(y[i] * 0.6 + rng.random((4, c)) * 0.5, 0, 1).astype(np.float32) for i in range(n)]
+    noise = [rng.random((4, c)).astype(np.float32) for _ in range(n)]
+    write_member_oof(cfg.runs_dir, "res_genre", signal, y, cfg.label_codes)
+    write_member_oof(cfg.runs_dir, "res_bpm", noise, y, cfg.label_codes)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def fused(fuse_cfg, ray_session):
+    from ray_jobs.fuse import fuse
+
+    return fuse(fuse_cfg)
+
+
+def test_noise_member_is_dropped_and_search_beats_baselines(fused):
+    assert fused["weights"]["res_bpm"] < 0.1
+    assert fused["weights"]["res_genre"] > 0.9
+    b = fused["baselines"]
+    equal = max(v["objective"] for k, v in b.items() if k.startswith("equal/"))
+    assert fused["tune_best"] >= equal
+    assert fused["value"] >= b["coordinate"]["objective"] - 1e-9
+    assert fused["value"] > 0.8  # the signal member is separable at the fitted thresholds
+    assert fused["n_trials"] >= 24
+
+
+def test_spec_saved_versioned_and_thresholds_from_training_oof(fuse_cfg, fused):
+    spec = latest_spec(fuse_cfg)
+    assert spec is not None and spec.version == fused["version"]
+    assert len(spec.thresholds) == len(fuse_cfg.labels)
+    assert spec.details["n_clips"] == 120
+    assert set(spec.details["member_thresholds"]) == set(MEMBERS)
+    # no test data exists at all for this config: the thresholds can only come from the OOF files
+    assert not fuse_cfg.data.root.exists()
+
+
+def test_every_trial_in_mlflow_and_spec_round_trips(fuse_cfg, fused):
+    from ml import tracking
+
+    c = tracking.client(fuse_cfg)
+    parent = fused["mlflow"]["parent_run_id"]
+    exp = tracking.setup(fuse_cfg)
+    children = c.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}'", max_results=1000)
+    trial_runs = [r for r in children if r.data.tags.get("mpic.kind") == "fuse_trial"]
+    assert len(trial_runs) == fused["n_trials"]
+    assert all("objective" in r.data.metrics for r in trial_runs)
+    registered = tracking.load_registered_spec(fuse_cfg)
+    local = latest_spec(fuse_cfg)
+    assert isinstance(registered, EnsembleSpec)
+    assert registered.to_json() == local.to_json()
