@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,9 +106,9 @@ def build_store(
         json.dumps({"paths": [str(p) for p in abs_paths], "sample_rate": sample_rate})
     )
     try:
-        tmp.rename(folder)  # atomic publish; a concurrent builder may have won the race
-    except OSError:
-        pass
+        tmp.rename(folder)  # atomic publish
+    except OSError:  # a concurrent builder won the race: use its copy, drop ours
+        shutil.rmtree(tmp, ignore_errors=True)
     if not meta_file.is_file():
         raise RuntimeError(f"cache folder {folder} could not be published")
     return _open_store(folder, sample_rate)
@@ -116,7 +117,7 @@ def build_store(
 def _open_store(folder: Path, sample_rate: int) -> ClipStore:
     meta = json.loads((folder / "meta.json").read_text())
     return ClipStore(
-        data=np.load(folder / "data.npy", mmap_mode="r"),
+        data=np.load(folder / "data.npy", mmap_mode="c"),  # copy-on-write: torch needs a writable view
         offsets=np.load(folder / "offsets.npy"),
         tempo=np.load(folder / "tempo.npy"),
         sample_rate=sample_rate,
