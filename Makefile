@@ -78,3 +78,27 @@ bench-quick: setup ## a quick benchmark run
 
 clean: ## remove caches, runs and demo data (keeps .venv)
 	rm -rf .cache data/demo test-artifacts .pytest_cache .mypy_cache .ruff_cache
+
+# ---- beyond one machine (docs/deploy.md) ---------------------------------------------------------------
+IMAGE ?= mpic
+RAY_IMAGE_TAG ?= $(shell sed -n 's/^ARG RAY_IMAGE_TAG=//p' Dockerfile)
+
+.PHONY: image kuberay cluster-up cluster-down test-deploy
+
+image: ## build mpic:<ray>-py311 and mpic:<ray>-py311-gpu (needs a Docker daemon)
+	@docker info >/dev/null 2>&1 || { echo "make image: no running Docker daemon here"; exit 1; }
+	docker build -t $(IMAGE):$(RAY_IMAGE_TAG) .
+	docker build --build-arg RAY_IMAGE_TAG=$(RAY_IMAGE_TAG)-gpu --build-arg TORCH_INDEX_URL= \
+	  -t $(IMAGE):$(RAY_IMAGE_TAG)-gpu .
+
+kuberay: setup ## regenerate deploy/kuberay/rayservice.yaml from serve/config.yaml
+	$(PY) deploy/kuberay/gen_rayservice.py
+
+cluster-up: setup ## start the AWS Ray cluster of cluster.yaml (read docs/deploy.md first)
+	$(VENV)/bin/ray up cluster.yaml
+
+cluster-down: setup ## terminate the AWS Ray cluster of cluster.yaml
+	$(VENV)/bin/ray down cluster.yaml
+
+test-deploy: setup ## cluster.yaml / KubeRay / Dockerfile checks and the multi-node tests (~3-4 min)
+	$(PY) -m pytest -q tests/deploy
