@@ -139,7 +139,9 @@ def decode(
             if rate <= 0 or channels <= 0:
                 raise UndecodableAudioError(f"invalid header: {rate} Hz, {channels} channels")
             if max_seconds is not None and frames > 0 and frames / rate > max_seconds:
-                raise TooLongAudioError(f"{frames / rate:.1f} s is longer than the limit of {max_seconds:g} s")
+                raise TooLongAudioError(
+                    f"{frames / rate:.1f} s is longer than the limit of {max_seconds:g} s"
+                )
             data = f.read(dtype="float32", always_2d=True)  # (frames, channels)
     except AudioError:
         raise

@@ -22,8 +22,14 @@ from ml.config import Config, ConfigError, load_config
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="config file (default: $MPIC_CONFIG, ./config.yml, the project's)")
     p.add_argument("--profile", help="profile from config.yml: smoke, demo, full, … ($MPIC_PROFILE)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=3 (repeatable)",
+    )
 
 
 def _cfg(args: argparse.Namespace, extra: Sequence[str] = ()) -> Config:
@@ -52,8 +58,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
         workers=args.workers or s.workers,
         progress=not args.quiet,
     )
-    print(f"wrote {report.train_files} training clips and {report.test_files} test excerpts to {out} "
-          f"in {time.perf_counter() - t0:.1f} s")
+    print(
+        f"wrote {report.train_files} training clips and {report.test_files} test excerpts to {out} "
+        f"in {time.perf_counter() - t0:.1f} s"
+    )
     return 0
 
 
@@ -127,10 +135,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.format == "csv":
         sys.stdout.write(results_to_csv(ens.labels, results))
     else:
-        payload = results_payload(ens.labels, w, ens.thresholds, results)
+        payload = results_payload(ens.labels, w, ens.thresholds.tolist(), results)
         print(json.dumps(payload, indent=2))
-    print(f"{len(results)} file(s), {audio_s:.1f} s of audio in {took:.2f} s "
-          f"({audio_s / max(took, 1e-9):.1f} audio-s/s)", file=sys.stderr)
+    print(
+        f"{len(results)} file(s), {audio_s:.1f} s of audio in {took:.2f} s "
+        f"({audio_s / max(took, 1e-9):.1f} audio-s/s)",
+        file=sys.stderr,
+    )
     return 1 if any(r.error for r in results) else 0
 
 
@@ -139,8 +150,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from serve.app import run_local
 
     cfg = _cfg(args)
-    run_local(cfg, host=args.host or cfg.serve.host, port=args.port or cfg.serve.port,
-              allow_untrained=args.untrained, blocking=not args.detach)
+    run_local(
+        cfg,
+        host=args.host or cfg.serve.host,
+        port=args.port or cfg.serve.port,
+        allow_untrained=args.untrained,
+        blocking=not args.detach,
+    )
     return 0
 
 
@@ -162,7 +178,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `mpic`."""
-    parser = argparse.ArgumentParser(prog="mpic", description="Multiple predominant instrument classification")
+    parser = argparse.ArgumentParser(
+        prog="mpic", description="Multiple predominant instrument classification"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
@@ -201,13 +219,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+")
     p.add_argument("--format", choices=["json", "csv"], default="json")
     p.add_argument("--models", nargs="+", help="members to use with equal weights")
-    p.add_argument("--weights", help='JSON object member → weight, e.g. \'{"res_genre": 1}\'')
-    p.add_argument("--untrained", action="store_true", help="allow members without checkpoints (random weights)")
+    p.add_argument("--weights", help="JSON object member → weight, e.g. '{\"res_genre\": 1}'")
+    p.add_argument(
+        "--untrained", action="store_true", help="allow members without checkpoints (random weights)"
+    )
 
     p = add("serve", cmd_serve, "serve the ensemble over HTTP with the web page")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
-    p.add_argument("--untrained", action="store_true", help="allow members without checkpoints (random weights)")
+    p.add_argument(
+        "--untrained", action="store_true", help="allow members without checkpoints (random weights)"
+    )
     p.add_argument("--detach", action="store_true", help="deploy and return (Ray keeps serving)")
 
     add("mlflow", cmd_mlflow, "start the MLflow UI")

@@ -109,7 +109,9 @@ class MelConfig(_Strict):
         if self.win_length > self.n_fft:
             raise ValueError(f"win_length ({self.win_length}) must be <= n_fft ({self.n_fft})")
         if self.f_max is not None and not self.f_min < self.f_max <= self.sample_rate / 2:
-            raise ValueError(f"f_max must lie in (f_min, sample_rate/2] = ({self.f_min}, {self.sample_rate / 2}]")
+            raise ValueError(
+                f"f_max must lie in (f_min, sample_rate/2] = ({self.f_min}, {self.sample_rate / 2}]"
+            )
         return self
 
 
@@ -162,6 +164,7 @@ class TrainConfig(_Strict):
     lr: Annotated[float, Field(gt=0)] = 1e-3
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
     optimizer: Literal["adam", "adamw"] = "adamw"
+    monitor: Literal["val_loss", "val_lrap", "val_macro_f1"] = "val_loss"
     early_stopping_patience: Annotated[int, Field(ge=1)] = 7
     lr_patience: Annotated[int, Field(ge=1)] = 3
     lr_factor: Annotated[float, Field(gt=0, lt=1)] = 0.1
@@ -174,6 +177,7 @@ class TrainConfig(_Strict):
     num_workers: Annotated[int, Field(ge=1)] = 1
     cpus_per_trial: Annotated[float, Field(gt=0)] = 1.0
     gpus_per_trial: Annotated[float, Field(ge=0, le=8)] = 1.0
+    use_gpu: bool | None = None  # None: when the cluster has GPUs now; True: also before workers scale up
     torch_threads: Annotated[int, Field(ge=1)] | None = None
     max_concurrent_trials: Annotated[int, Field(ge=1)] | None = None
     max_failures: Annotated[int, Field(ge=0)] = 2
@@ -284,7 +288,8 @@ class RayConfig(_Strict):
     address: str | None = None
     num_cpus: Annotated[float, Field(gt=0)] | None = None
     num_gpus: Annotated[float, Field(ge=0)] | None = None
-    storage_path: Path = Path(".cache/mpic/ray_results")
+    # A local/NFS path or a URI (s3://, gs://): a str, since Path("s3://b/x") would collapse to "s3:/b/x".
+    storage_path: str = ".cache/mpic/ray_results"
     dashboard_host: str = "127.0.0.1"
 
 
@@ -337,7 +342,9 @@ class Config(_Strict):
                 )
             bad = sorted(set(member.train) - set(TrainConfig.model_fields))
             if bad:
-                errors.append(f"members.{name}.train: unknown keys {bad}; valid: {sorted(TrainConfig.model_fields)}")
+                errors.append(
+                    f"members.{name}.train: unknown keys {bad}; valid: {sorted(TrainConfig.model_fields)}"
+                )
         for ens, names in self.ensembles.items():
             if not names:
                 errors.append(f"ensembles.{ens}: an ensemble needs at least one member")
@@ -346,14 +353,19 @@ class Config(_Strict):
                     errors.append(f"ensembles.{ens}: unknown member {n!r}; valid: {sorted(self.members)}")
         if self.ensemble not in self.ensembles:
             errors.append(f"ensemble: unknown ensemble {self.ensemble!r}; valid: {sorted(self.ensembles)}")
-        elif self.serve.default_model is not None and self.serve.default_model not in self.ensembles[self.ensemble]:
+        elif (
+            self.serve.default_model is not None
+            and self.serve.default_model not in self.ensembles[self.ensemble]
+        ):
             errors.append(
                 f"serve.default_model: {self.serve.default_model!r} is not a member of ensemble "
                 f"{self.ensemble!r}; valid: {self.ensembles[self.ensemble]}"
             )
         for name in self.serve.member_autoscaling:
             if name not in self.members:
-                errors.append(f"serve.member_autoscaling.{name}: unknown member; valid: {sorted(self.members)}")
+                errors.append(
+                    f"serve.member_autoscaling.{name}: unknown member; valid: {sorted(self.members)}"
+                )
         if errors:
             raise ValueError("; ".join(errors))
         return self
@@ -438,7 +450,7 @@ def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, An
 
 
 def apply_override(raw: dict[str, Any], override: str) -> None:
-    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML (``1``, ``true``, ``[a, b]``)."""
+    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML (``1``, ``[a, b]``)."""
     if "=" not in override:
         raise ConfigError(f"--set {override!r}: expected KEY=VALUE with a dotted key, e.g. train.epochs=3")
     key, _, text = override.partition("=")
@@ -455,7 +467,9 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
             try:
                 node = node[int(part)]
             except (ValueError, IndexError):
-                raise ConfigError(f"--set {key}: {'.'.join(parts[: i + 1])} is not a valid list index") from None
+                raise ConfigError(
+                    f"--set {key}: {'.'.join(parts[: i + 1])} is not a valid list index"
+                ) from None
             continue
         if not isinstance(node, dict):
             raise ConfigError(f"--set {key}: {'.'.join(parts[:i])} is not a section")

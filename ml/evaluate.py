@@ -26,10 +26,14 @@ from ml.inference import Predictor, load_member
 def test_excerpts(cfg: Config, data_root: Path | None = None) -> tuple[list[Path], np.ndarray]:
     """Absolute paths and (N, C) labels of the testing excerpts under ``data_root``."""
     root = Path(data_root or cfg.data.test_root or cfg.data.root)
-    manifest = build_manifest(root, cfg.label_codes, cache_path=cfg.data.cache_dir / f"manifest-{_slug(root)}.csv")
+    manifest = build_manifest(
+        root, cfg.label_codes, cache_path=cfg.data.cache_dir / f"manifest-{_slug(root)}.csv"
+    )
     test = manifest.filter(split="test")
     if len(test) == 0:
-        raise ValueError(f"no testing excerpts under {root} (expected IRMAS-TestingData*/NAME.wav + NAME.txt)")
+        raise ValueError(
+            f"no testing excerpts under {root} (expected IRMAS-TestingData*/NAME.wav + NAME.txt)"
+        )
     return [test.abspath(r) for r in test], test.label_matrix(cfg.label_codes)
 
 
@@ -75,8 +79,12 @@ def evaluate(
         "n_excerpts": len(paths),
         "labels": labels,
         "members": reports,
-        "spec": {"version": spec.version, "source": spec.source, "weights": spec.weights,
-                 "aggregation": spec.aggregation},
+        "spec": {
+            "version": spec.version,
+            "source": spec.source,
+            "weights": spec.weights,
+            "aggregation": spec.aggregation,
+        },
     }
     if fused_members:
         stacked = np.stack([aggregate_batch(per_member[m], spec.aggregation) for m in fused_members])
@@ -92,8 +100,23 @@ def format_table(report: dict[str, Any]) -> str:
     if "ensemble" in report:
         items.append(("ENSEMBLE", report["ensemble"]))
     for name, r in items:
-        rows.append((name, *(f"{r[k]:.3f}" for k in ("micro_f1", "macro_f1", "lrap", "map", "hamming",
-                                                      "cardinality_pred", "cardinality_true"))))
+        rows.append(
+            (
+                name,
+                *(
+                    f"{r[k]:.3f}"
+                    for k in (
+                        "micro_f1",
+                        "macro_f1",
+                        "lrap",
+                        "map",
+                        "hamming",
+                        "cardinality_pred",
+                        "cardinality_true",
+                    )
+                ),
+            )
+        )
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))

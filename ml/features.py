@@ -40,6 +40,7 @@ TARGET_RMS = 0.1
 _MIN_RMS = 1e-6  # below this (-120 dBFS) a wave counts as silent and is not amplified
 _POWER_AMIN = 1e-10  # floor of power spectrograms before dB (librosa's power_to_db default)
 _MAG_AMIN = 1e-5  # floor of magnitude spectrograms before dB (librosa's amplitude_to_db default)
+_CPU_CHUNK_BYTES = 4 << 20  # working-set target of one chunk of a CPU batch (L2 is 0.5-2 MB per core)
 
 
 def rms_normalise(wave: Tensor, target: float = TARGET_RMS) -> Tensor:
@@ -103,6 +104,14 @@ class FrontEnd(nn.Module):
         """Spectrogram in dB (B, n_bins, T), unclipped, of float32 waves (B, S)."""
         raise NotImplementedError
 
+    def cpu_chunk(self, n_samples: int) -> int:
+        """Examples per chunk when computing :meth:`db` on CPU (0: the whole batch at once).
+
+        Chunking changes no number; it keeps the large intermediates (frames, complex spectra) inside the
+        CPU caches and out of the allocator's fresh-page path, which is 2-3x faster for big batches.
+        """
+        return 0
+
     def forward(self, wave: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Features of a batch of waves.
 
@@ -123,7 +132,11 @@ class FrontEnd(nn.Module):
         fp32 = torch.autocast(dev, enabled=False) if torch.amp.is_autocast_available(dev) else nullcontext()
         with fp32:
             x = rms_normalise(wave.float())
-            spec = self.db(x)
+            chunk = self.cpu_chunk(x.shape[-1]) if x.device.type == "cpu" else 0
+            if 0 < chunk < x.shape[0]:
+                spec = torch.cat([self.db(part) for part in x.split(chunk)])
+            else:
+                spec = self.db(x)
             peak = spec.amax(dim=(1, 2), keepdim=True)
             spec = torch.maximum(spec, peak - self.top_db)
             if self.norm == "max":
@@ -206,6 +219,11 @@ class MelFrontEnd(FrontEnd):
         power = spec.real.square() + spec.imag.square()
         # one (B*T, n_freqs) @ (n_freqs, n_mels) GEMM, then back to (B, n_mels, T)
         return torch.matmul(power, self.fb).transpose(1, 2).contiguous()
+
+    def cpu_chunk(self, n_samples: int) -> int:
+        """Examples per ~4 MB of complex spectrum (10 one-second windows for mel_fast, 1 for mel_seed)."""
+        per_example = self.frames(n_samples) * (self.n_fft // 2 + 1) * 8
+        return max(1, _CPU_CHUNK_BYTES // per_example)
 
     def db(self, wave: Tensor) -> Tensor:
         """Mel power in dB (ref 1.0, floor 1e-10), shape (B, n_mels, T)."""

@@ -34,7 +34,7 @@ def window_starts(duration_s: float, window_s: float, hop_s: float) -> np.ndarra
     """
     if duration_s <= window_s:
         return np.zeros(1)
-    n = int(math.floor((duration_s - window_s) / hop_s + 1e-9)) + 1
+    n = math.floor((duration_s - window_s) / hop_s + 1e-9) + 1
     starts = np.arange(n) * hop_s
     if starts[-1] + window_s < duration_s - 1e-6:
         starts = np.append(starts, duration_s - window_s)
@@ -43,10 +43,10 @@ def window_starts(duration_s: float, window_s: float, hop_s: float) -> np.ndarra
 
 def frame_windows(wave: np.ndarray, sample_rate: int, starts_s: np.ndarray, window_s: float) -> np.ndarray:
     """Cut windows starting at ``starts_s`` seconds into a (W, window_samples) float32 array (zero-padded)."""
-    size = int(round(window_s * sample_rate))
+    size = round(window_s * sample_rate)
     out = np.zeros((len(starts_s), size), dtype=np.float32)
     for i, s in enumerate(starts_s):
-        a = int(round(s * sample_rate))
+        a = round(s * sample_rate)
         chunk = wave[a : a + size]
         out[i, : len(chunk)] = chunk
     return out
@@ -86,8 +86,11 @@ class FileResult:
         }
         if segments:
             out["segments"] = [
-                {"start_s": round(s.start_s, 3), "end_s": round(s.end_s, 3),
-                 "scores": {k: round(float(v), 4) for k, v in s.scores.items()}}
+                {
+                    "start_s": round(s.start_s, 3),
+                    "end_s": round(s.end_s, 3),
+                    "scores": {k: round(float(v), 4) for k, v in s.scores.items()},
+                }
                 for s in self.segments
             ]
         return out
@@ -240,9 +243,15 @@ def build_result(
     """Assemble a :class:`FileResult`; silent audio is flagged and gets no instruments."""
     th = np.broadcast_to(np.asarray(thresholds, dtype=np.float32), (len(labels),))
     scores = {c: float(s) for c, s in zip(labels, file_scores, strict=True)}
-    instruments = [] if audio.silent else [c for c, s, t in zip(labels, file_scores, th, strict=True) if s >= t]
+    instruments = (
+        [] if audio.silent else [c for c, s, t in zip(labels, file_scores, th, strict=True) if s >= t]
+    )
     segments = [
-        Segment(float(a), float(min(a + window_s, audio.duration_s)), dict(zip(labels, map(float, w), strict=True)))
+        Segment(
+            float(a),
+            float(min(a + window_s, audio.duration_s)),
+            dict(zip(labels, map(float, w), strict=True)),
+        )
         for a, w in zip(starts_s, windows, strict=False)
     ]
     return FileResult(
@@ -298,8 +307,13 @@ class EnsemblePredictor:
         decoded: list[tuple[str, Audio | None, str | None]] = []
         for name, src in sources:
             try:
-                decoded.append((name, decode(src, None, max_seconds=self.max_seconds,
-                                             silence_dbfs=self.silence_dbfs), None))
+                decoded.append(
+                    (
+                        name,
+                        decode(src, None, max_seconds=self.max_seconds, silence_dbfs=self.silence_dbfs),
+                        None,
+                    )
+                )
             except AudioError as e:
                 decoded.append((name, None, str(e)))
         good = [(n, a) for n, a, _ in decoded if a is not None]
@@ -319,7 +333,9 @@ class EnsemblePredictor:
             file_scores, windows = fuse_windows(mw, w, self.aggregation)
             starts = window_starts(audio.duration_s, self.window_s, self.hop_s)
             results.append(
-                build_result(name, audio, file_scores, windows, starts, self.labels, self.thresholds, self.window_s)
+                build_result(
+                    name, audio, file_scores, windows, starts, self.labels, self.thresholds, self.window_s
+                )
             )
         return results
 
@@ -362,8 +378,12 @@ def load_member(
     inf = cfg.inference
     if paths:
         return Predictor.from_checkpoints(
-            select_checkpoints(paths, inf.fold_models), member=member, hop_s=inf.hop_s, aggregation=agg,
-            batch_size=inf.batch_size, device=device,
+            select_checkpoints(paths, inf.fold_models),
+            member=member,
+            hop_s=inf.hop_s,
+            aggregation=agg,
+            batch_size=inf.batch_size,
+            device=device,
         )
     if not allow_untrained:
         raise CheckpointError(f"member {member!r} has no trained checkpoints under {cfg.runs_dir / member}")
@@ -373,8 +393,16 @@ def load_member(
     # weighting them still changes the fused scores.
     torch.manual_seed(zlib.crc32(member.encode()))
     model = build_classifier(cfg, member)
-    return Predictor(member, [model], cfg.label_codes, window_s=inf.window_s, hop_s=inf.hop_s,
-                     aggregation=agg, batch_size=inf.batch_size, device=device)
+    return Predictor(
+        member,
+        [model],
+        cfg.label_codes,
+        window_s=inf.window_s,
+        hop_s=inf.hop_s,
+        aggregation=agg,
+        batch_size=inf.batch_size,
+        device=device,
+    )
 
 
 def load_ensemble(
@@ -385,10 +413,16 @@ def load_ensemble(
 
     spec = spec or resolve_spec(cfg)
     predictors = {
-        m: load_member(cfg, m, checkpoints=ref.checkpoints or None, device=device, allow_untrained=allow_untrained)
+        m: load_member(
+            cfg, m, checkpoints=ref.checkpoints or None, device=device, allow_untrained=allow_untrained
+        )
         for m, ref in spec.members.items()
     }
     return EnsemblePredictor(
-        predictors, spec.weights, spec.thresholds or [cfg.inference.threshold] * len(cfg.labels), spec.aggregation,
-        max_seconds=cfg.audio.max_seconds, silence_dbfs=cfg.audio.silence_dbfs,
+        predictors,
+        spec.weights,
+        spec.thresholds or [cfg.inference.threshold] * len(cfg.labels),
+        spec.aggregation,
+        max_seconds=cfg.audio.max_seconds,
+        silence_dbfs=cfg.audio.silence_dbfs,
     )

@@ -46,8 +46,10 @@ def load_oof_set(cfg: Config, members: Sequence[str], aggregations: Sequence[str
     for m in members:
         files = oof_files(cfg.runs_dir, m)
         if not files:
-            raise FileNotFoundError(f"member {m!r} has no out-of-fold predictions under {cfg.runs_dir / m}; "
-                                    "train it first (mpic train)")
+            raise FileNotFoundError(
+                f"member {m!r} has no out-of-fold predictions under {cfg.runs_dir / m}; "
+                "train it first (mpic train)"
+            )
         per_member[m] = load_oof(files)
     common = sorted(set.intersection(*(set(o.paths) for o in per_member.values())))
     if not common:

@@ -155,10 +155,14 @@ def server_command(cfg: Config) -> list[str]:
     return [
         str(exe) if exe.exists() else "mlflow",
         "server",
-        "--backend-store-uri", store,
-        "--artifacts-destination", dest,
-        "--host", cfg.mlflow.host,
-        "--port", str(cfg.mlflow.port),
+        "--backend-store-uri",
+        store,
+        "--artifacts-destination",
+        dest,
+        "--host",
+        cfg.mlflow.host,
+        "--port",
+        str(cfg.mlflow.port),
     ]
 
 
@@ -194,8 +198,14 @@ def fingerprint(obj: Any, n: int = 16) -> str:
 
 
 # Training settings that change how a run is scheduled, not what it learns.
-_RESOURCE_FIELDS = {"cpus_per_trial", "gpus_per_trial", "torch_threads", "max_concurrent_trials",
-                    "max_failures", "folds"}
+_RESOURCE_FIELDS = {
+    "cpus_per_trial",
+    "gpus_per_trial",
+    "torch_threads",
+    "max_concurrent_trials",
+    "max_failures",
+    "folds",
+}
 
 
 def member_fingerprint(cfg: Config, member: str) -> str:
@@ -207,17 +217,22 @@ def member_fingerprint(cfg: Config, member: str) -> str:
     """
     m = cfg.members[member]
     tc = cfg.member_train(member).model_dump(mode="json", exclude=_RESOURCE_FIELDS)
-    return fingerprint({
-        "labels": cfg.label_codes,
-        "member": m.model_dump(mode="json", exclude={"description"}),
-        "model": cfg.models.get(m.arch, {}),
-        "front_end": cfg.front_ends[m.front_end].model_dump(mode="json"),
-        "train": tc,
-        "folds": cfg.folds.model_dump(mode="json"),
-        "data": str(cfg.data.root),
-        "windows": {"window_s": cfg.inference.window_s, "hop_s": cfg.inference.hop_s,
-                    "threshold": cfg.inference.threshold},
-    })
+    return fingerprint(
+        {
+            "labels": cfg.label_codes,
+            "member": m.model_dump(mode="json", exclude={"description"}),
+            "model": cfg.models.get(m.arch, {}),
+            "front_end": cfg.front_ends[m.front_end].model_dump(mode="json"),
+            "train": tc,
+            "folds": cfg.folds.model_dump(mode="json"),
+            "data": str(cfg.data.root),
+            "windows": {
+                "window_s": cfg.inference.window_s,
+                "hop_s": cfg.inference.hop_s,
+                "threshold": cfg.inference.threshold,
+            },
+        }
+    )
 
 
 def file_sha256(path: str | Path) -> str:
@@ -250,8 +265,9 @@ def _q(value: str) -> str:
     return "'" + str(value).replace("'", "\\'") + "'"
 
 
-def _search(cfg: Config, tags: Mapping[str, str], *, status: str | None = None,
-            experiment_id: str | None = None) -> list[Run]:
+def _search(
+    cfg: Config, tags: Mapping[str, str], *, status: str | None = None, experiment_id: str | None = None
+) -> list[Run]:
     """Runs of the experiment whose tags equal ``tags`` (newest first)."""
     exp = experiment_id or setup(cfg)
     clauses = [f"tags.`{k}` = {_q(v)}" for k, v in tags.items()]
@@ -260,8 +276,13 @@ def _search(cfg: Config, tags: Mapping[str, str], *, status: str | None = None,
     out: list[Run] = []
     token = None
     while True:
-        page = client(cfg).search_runs([exp], " and ".join(clauses), max_results=1000,
-                                       order_by=["attributes.start_time DESC"], page_token=token)
+        page = client(cfg).search_runs(
+            [exp],
+            " and ".join(clauses),
+            max_results=1000,
+            order_by=["attributes.start_time DESC"],
+            page_token=token,
+        )
         out.extend(page)
         token = page.token
         if not token:
@@ -286,14 +307,18 @@ def log_params(cfg: Config, run_id: str, params: Mapping[str, Any]) -> None:
 def log_metrics(cfg: Config, run_id: str, metrics: Mapping[str, float], step: int | None = None) -> None:
     """Log finite numeric metrics at ``step`` (0 when None)."""
     ts = _now_ms()
-    items = [Metric(k, float(v), ts, int(step or 0)) for k, v in metrics.items()
-             if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))]
+    items = [
+        Metric(k, float(v), ts, int(step or 0))
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(float(v))
+    ]
     for a in range(0, len(items), _MAX_BATCH_METRICS):
         client(cfg).log_batch(run_id, metrics=items[a : a + _MAX_BATCH_METRICS])
 
 
-def log_history(cfg: Config, run_id: str, history: Sequence[Mapping[str, float]],
-                step_key: str = "epoch") -> None:
+def log_history(
+    cfg: Config, run_id: str, history: Sequence[Mapping[str, float]], step_key: str = "epoch"
+) -> None:
     """Log per-epoch rows as metric histories (``step`` = the row's ``epoch``)."""
     ts = _now_ms()
     items: list[Metric] = []
@@ -455,8 +480,9 @@ def _fold_ident(member: str, fold: int, fold_key: str) -> dict[str, str]:
     return {TAG_KIND: KIND_FOLD, TAG_MEMBER: member, TAG_FOLD: str(fold), TAG_FOLD_KEY: fold_key}
 
 
-def find_fold_run(cfg: Config, member: str, fold: int, fold_key: str,
-                  model_sha256: str | None = None) -> FoldRun | None:
+def find_fold_run(
+    cfg: Config, member: str, fold: int, fold_key: str, model_sha256: str | None = None
+) -> FoldRun | None:
     """The newest FINISHED run of (member, fold, fold_key), optionally also matching the checkpoint hash."""
     for run in _search(cfg, _fold_ident(member, fold, fold_key), status="FINISHED"):
         t = run.data.tags
@@ -464,7 +490,7 @@ def find_fold_run(cfg: Config, member: str, fold: int, fold_key: str,
             continue
         if model_sha256 is not None and t.get(TAG_MODEL_SHA) != model_sha256:
             continue
-        best = {k[len("best/"):]: v for k, v in run.data.metrics.items() if k.startswith("best/")}
+        best = {k[len("best/") :]: v for k, v in run.data.metrics.items() if k.startswith("best/")}
         return FoldRun(run.info.run_id, member, fold, fold_key, t.get(TAG_MODEL_SHA, ""), best)
     return None
 
@@ -500,13 +526,28 @@ def log_fold(
             end_run(cfg, run.info.run_id, "FAILED")
         if run.info.status == "FINISHED":
             client(cfg).set_tag(run.info.run_id, TAG_SUPERSEDED, "true")
-    tags = {TAG_MEMBER: member, TAG_FOLD: str(fold), TAG_FOLD_KEY: fold_key, TAG_MODEL_SHA: sha,
-            **(extra_tags or {})}
-    run_id = start_run(cfg, kind=KIND_FOLD, name=f"{member}-fold{fold}", job_key=job_key,
-                       parent_run_id=parent_run_id, tags=tags, reuse=False)
+    tags = {
+        TAG_MEMBER: member,
+        TAG_FOLD: str(fold),
+        TAG_FOLD_KEY: fold_key,
+        TAG_MODEL_SHA: sha,
+        **(extra_tags or {}),
+    }
+    run_id = start_run(
+        cfg,
+        kind=KIND_FOLD,
+        name=f"{member}-fold{fold}",
+        job_key=job_key,
+        parent_run_id=parent_run_id,
+        tags=tags,
+        reuse=False,
+    )
     try:
-        log_params(cfg, run_id, {**member_params(cfg, member), "fold": fold, "fold_key": fold_key,
-                                 **(extra_params or {})})
+        log_params(
+            cfg,
+            run_id,
+            {**member_params(cfg, member), "fold": fold, "fold_key": fold_key, **(extra_params or {})},
+        )
         log_history(cfg, run_id, history)
         best_metrics = {f"best/{k}": float(v) for k, v in best.items() if isinstance(v, int | float)}
         log_metrics(cfg, run_id, {**best_metrics, "epochs_run": float(len(history))})
@@ -571,8 +612,9 @@ class MemberModel(PythonModel):
 
         arts = sorted(context.artifacts.items())
         paths = [_fold_checkpoint(Path(p)) for k, p in arts if k.startswith("fold")]
-        self.predictor = Predictor.from_checkpoints(paths, member=self.member or None, hop_s=self.hop_s,
-                                                    aggregation=self.aggregation)
+        self.predictor = Predictor.from_checkpoints(
+            paths, member=self.member or None, hop_s=self.hop_s, aggregation=self.aggregation
+        )
 
     def predict(self, context, model_input, params=None):
         """Scores for (W, samples) windows → (W, C) float32 numpy array."""
@@ -635,12 +677,17 @@ def promote(cfg: Config, name: str, version: str, score: float | None) -> bool:
     return True
 
 
-def _register(cfg: Config, name: str, run_id: str, artifact: str, tags: Mapping[str, str],
-              score: float | None) -> str:
+def _register(
+    cfg: Config, name: str, run_id: str, artifact: str, tags: Mapping[str, str], score: float | None
+) -> str:
     _ensure_registered_model(cfg, name)
     c = client(cfg)
-    mv = c.create_model_version(name, f"runs:/{run_id}/{artifact}", run_id=run_id,
-                                tags={**tags, TAG_SCORE: "nan" if score is None else repr(float(score))})
+    mv = c.create_model_version(
+        name,
+        f"runs:/{run_id}/{artifact}",
+        run_id=run_id,
+        tags={**tags, TAG_SCORE: "nan" if score is None else repr(float(score))},
+    )
     return str(mv.version)
 
 
@@ -677,8 +724,15 @@ def register_member(
         if run.info.status == "RUNNING":  # half-written registration of a killed job
             end_run(cfg, run.info.run_id, "FAILED")
     tags = {TAG_MEMBER: member, TAG_FOLD_RUNS: fold_runs}
-    run_id = start_run(cfg, kind=KIND_MEMBER, name=f"{member}-registry", job_key=job_key,
-                       parent_run_id=parent_run_id, tags=tags, reuse=False)
+    run_id = start_run(
+        cfg,
+        kind=KIND_MEMBER,
+        name=f"{member}-registry",
+        job_key=job_key,
+        parent_run_id=parent_run_id,
+        tags=tags,
+        reuse=False,
+    )
     try:
         mean = {}
         for key in ("val_macro_f1", "val_micro_f1", "val_lrap", "val_loss"):
@@ -706,11 +760,19 @@ def register_member(
                     metadata={"member": member, "folds": sorted(folds), "fold_runs": fold_runs},
                 )
             client(cfg).log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT)
-        version = _register(cfg, name, run_id, MODEL_ARTIFACT,
-                            {TAG_MEMBER: member, TAG_FOLD_RUNS: fold_runs,
-                             **({TAG_JOB_KEY: job_key} if job_key else {}),
-                             **{k: repr(v) for k, v in mean.items()}},
-                            score)
+        version = _register(
+            cfg,
+            name,
+            run_id,
+            MODEL_ARTIFACT,
+            {
+                TAG_MEMBER: member,
+                TAG_FOLD_RUNS: fold_runs,
+                **({TAG_JOB_KEY: job_key} if job_key else {}),
+                **{k: repr(v) for k, v in mean.items()},
+            },
+            score,
+        )
         client(cfg).set_tag(run_id, "mpic.registered_version", version)
     except BaseException:
         end_run(cfg, run_id, "FAILED")
@@ -794,7 +856,7 @@ def download_member(cfg: Config, member: str, alias_or_version: str | int | None
     paths = list((root / "artifacts").glob("fold*/model.pt"))
     if not paths:
         raise LookupError(f"{name} version {mv.version} holds no fold checkpoints")
-    return sorted(paths, key=lambda p: int(p.parent.name[len("fold"):]))
+    return sorted(paths, key=lambda p: int(p.parent.name[len("fold") :]))
 
 
 def load_member_pyfunc(cfg: Config, member: str, alias_or_version: str | int | None = None) -> Any:
@@ -838,15 +900,22 @@ def register_spec(
             champ = promote(cfg, name, str(mv.version), _score_of(mv))
             return Registration(name, str(mv.version), str(mv.run_id), _score_of(mv), champ, False)
     own = run_id is None
-    rid = run_id or start_run(cfg, kind=KIND_SPEC, name=f"ensemble-{cfg.ensemble}",
-                              parent_run_id=parent_run_id, tags={TAG_SPEC_SHA: sha}, reuse=False)
+    rid = run_id or start_run(
+        cfg,
+        kind=KIND_SPEC,
+        name=f"ensemble-{cfg.ensemble}",
+        parent_run_id=parent_run_id,
+        tags={TAG_SPEC_SHA: sha},
+        reuse=False,
+    )
     try:
         with tempfile.TemporaryDirectory(prefix="mpic-spec-") as tmp:
             (Path(tmp) / SPEC_FILE).write_text(text)
             client(cfg).log_artifact(rid, str(Path(tmp) / SPEC_FILE), SPEC_ARTIFACT)
         log_metrics(cfg, rid, {k: float(v) for k, v in metrics.items()})
-        version = _register(cfg, name, rid, SPEC_ARTIFACT,
-                            {TAG_SPEC_SHA: sha, "mpic.ensemble": cfg.ensemble}, score)
+        version = _register(
+            cfg, name, rid, SPEC_ARTIFACT, {TAG_SPEC_SHA: sha, "mpic.ensemble": cfg.ensemble}, score
+        )
     except BaseException:
         if own:
             end_run(cfg, rid, "FAILED")

@@ -53,7 +53,9 @@ class Hooks(Protocol):
 class LocalHooks:
     """Hooks for running without Ray: checkpoints kept in ``folder``, metrics to a callback."""
 
-    def __init__(self, folder: str | Path, on_report: Callable[[dict[str, float]], None] | None = None) -> None:
+    def __init__(
+        self, folder: str | Path, on_report: Callable[[dict[str, float]], None] | None = None
+    ) -> None:
         """Keep the newest checkpoint in ``folder/checkpoint``."""
         self.folder = Path(folder)
         self.on_report = on_report
@@ -100,7 +102,9 @@ def load_train_data(cfg: Config, sample_rate: int, *, progress: bool = False) ->
     manifest = build_manifest(cfg.data.root, cfg.label_codes, cache_path=cfg.data.cache_dir / "manifest.csv")
     train = [r for r in manifest.records if r.split == "train"]
     if not train:
-        raise ValueError(f"no training clips under {cfg.data.root} (expected IRMAS-TrainingData/<code>/*.wav)")
+        raise ValueError(
+            f"no training clips under {cfg.data.root} (expected IRMAS-TrainingData/<code>/*.wav)"
+        )
     recs = assign_folds(train, cfg.label_codes, k=cfg.folds.k, seed=cfg.folds.seed)
     m = Manifest(root=manifest.root, records=list(recs))
     store = build_store([m.abspath(r) for r in m.records], sample_rate, cfg.data.cache_dir, progress=progress)
@@ -148,7 +152,9 @@ class _Cropper:
         return self.data[self.offsets[idx][:, None] + pos].to(self.device, non_blocking=True)
 
 
-def _clip_windows(store: ClipStore, idx: np.ndarray, window_s: float, hop_s: float) -> tuple[np.ndarray, np.ndarray]:
+def _clip_windows(
+    store: ClipStore, idx: np.ndarray, window_s: float, hop_s: float
+) -> tuple[np.ndarray, np.ndarray]:
     """All windows of clips ``idx`` → (windows (W, S), owner clip position (W,))."""
     sr = store.sample_rate
     chunks, owner = [], []
@@ -211,7 +217,8 @@ def fit(
 ) -> FitResult:
     """Train ``member`` on every fold but ``fold``, validate on ``fold``, save model and OOF predictions.
 
-    Early stopping on validation loss (best weights restored) and LR-on-plateau follow the seed recipe;
+    Early stopping (best weights restored) and LR-on-plateau on ``train.monitor`` (validation loss in the
+    seed recipe; validation LRAP by default, see config.yml);
     a checkpoint (model, optimiser, scheduler, early-stopping state, RNG) is reported every epoch so a
     failed worker resumes where it stopped.
 
@@ -251,12 +258,13 @@ def fit(
     augmenter = build_augmenter(mcfg.augment, sr, where=f"members.{member}.augment").to(device)
     net = prepare_model(model) if prepare_model else model
     opt = _optimizer(net, tc)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=tc.lr_factor, patience=tc.lr_patience,
-                                                       min_lr=tc.min_lr)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, factor=tc.lr_factor, patience=tc.lr_patience, min_lr=tc.min_lr
+    )
     use_amp = tc.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     gen = torch.Generator().manual_seed(tc.seed * 7919 + fold)  # same on every rank: shards stay disjoint
-    crop = int(round(tc.crop_s * sr))
+    crop = round(tc.crop_s * sr)
     cropper = _Cropper(data.store, crop, device)
     targets = torch.from_numpy(data.targets)
     genre = torch.from_numpy(data.genre)
@@ -274,7 +282,11 @@ def fit(
         opt.load_state_dict(st["optimizer"])
         sched.load_state_dict(st["scheduler"])
         gen.set_state(st["generator"])
-        start_epoch, best_loss, bad_epochs = int(st["epoch"]) + 1, float(st["best_loss"]), int(st["bad_epochs"])
+        start_epoch, best_loss, bad_epochs = (
+            int(st["epoch"]) + 1,
+            float(st["best_loss"]),
+            int(st["bad_epochs"]),
+        )
         best_epoch, best_state = int(st["best_epoch"]), st["best_state"]
         history = [dict(h) for h in json.loads(st["history"])]
 
@@ -314,10 +326,12 @@ def fit(
             torch.cuda.synchronize()
         train_time = time.perf_counter() - t_epoch
         val, _ = _validate(model, data, val_idx, cfg, device, tc.val_windows_hop_s)
-        sched.step(val["val_loss"])
-        improved = val["val_loss"] < best_loss - 1e-6
+        # lower is better: the loss as is, scores (LRAP, F1) negated
+        score = val[tc.monitor] if tc.monitor == "val_loss" else -val[tc.monitor]
+        sched.step(score)
+        improved = score < best_loss - 1e-6
         if improved:
-            best_loss, bad_epochs, best_epoch = val["val_loss"], 0, epoch
+            best_loss, bad_epochs, best_epoch = score, 0, epoch
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
             bad_epochs += 1
@@ -328,7 +342,7 @@ def fit(
             "lr": float(opt.param_groups[0]["lr"]),
             "samples_per_s": steps * tc.batch_size / train_time,
             "data_share": t_data / train_time,
-            "best_val_loss": best_loss,
+            "best_score": abs(best_loss),
         }
         history.append(row)
         stop = bad_epochs >= tc.early_stopping_patience or epoch == tc.epochs - 1
@@ -358,8 +372,13 @@ def fit(
     model_path = save_classifier(
         out_dir / MODEL_FILE,
         model,
-        CheckpointMeta(spec=spec, member=member, fold=fold, epoch=best_epoch,
-                       metrics={k: v for k, v in best.items() if k.startswith("val_")}),
+        CheckpointMeta(
+            spec=spec,
+            member=member,
+            fold=fold,
+            epoch=best_epoch,
+            metrics={k: v for k, v in best.items() if k.startswith("val_")},
+        ),
     )
     # Out-of-fold window scores at the serving window/hop: the fusion search aggregates them itself.
     model_eval = build_classifier(cfg, member).to(device)
@@ -378,13 +397,24 @@ def fit(
 
 
 def save_oof(
-    path: Path, *, paths: list[str], y_true: np.ndarray, window_scores: np.ndarray, owner: np.ndarray,
+    path: Path,
+    *,
+    paths: list[str],
+    y_true: np.ndarray,
+    window_scores: np.ndarray,
+    owner: np.ndarray,
     labels: list[str],
 ) -> Path:
     """Write out-of-fold predictions: per-window scores with their clip, and the clips' true labels."""
     tmp = path.with_suffix(".tmp.npz")
-    np.savez_compressed(tmp, paths=np.array(paths), y_true=y_true.astype(np.float32),
-                        window_scores=window_scores, owner=owner.astype(np.int64), labels=np.array(labels))
+    np.savez_compressed(
+        tmp,
+        paths=np.array(paths),
+        y_true=y_true.astype(np.float32),
+        window_scores=window_scores,
+        owner=owner.astype(np.int64),
+        labels=np.array(labels),
+    )
     tmp.replace(path)
     return path
 

@@ -16,15 +16,14 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-import ray
 from ray import tune
 
 from ml import fusion
 from ml import oof as oofmod
-from ml.config import Config, load_config
+from ml.config import Config
 from ml.ensemble import EnsembleSpec, MemberRef, save_spec
 from ml.inference import member_dirs
+from ray_jobs.common import add_config_args, init_ray, parse
 
 WEIGHT_STEP = 0.05  # weights are drawn on a 0.05 grid so that exactly 0 (drop the member) is reachable
 
@@ -53,12 +52,6 @@ def _seed_points(members: Sequence[str], aggregations: Sequence[str]) -> list[di
             for m in members:
                 pts.append({"aggregation": agg, **{f"w_{o}": (1.0 if o == m else 0.0) for o in members}})
     return pts
-
-
-def _connect(cfg: Config) -> None:
-    if not ray.is_initialized():
-        ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus, num_gpus=cfg.ray.num_gpus,
-                 include_dashboard=False if cfg.ray.address is None else None, log_to_driver=False)
 
 
 def fuse(cfg: Config, *, members: Sequence[str] | None = None, register: bool = True) -> dict[str, Any]:
@@ -92,10 +85,14 @@ def fuse(cfg: Config, *, members: Sequence[str] | None = None, register: bool = 
         if coord_best is None or res.value > coord_best[0]:
             coord_best = (res.value, agg, dict(res.weights))
     assert coord_best is not None
-    baselines["coordinate"] = {"objective": coord_best[0], "aggregation": coord_best[1], "weights": coord_best[2]}
+    baselines["coordinate"] = {
+        "objective": coord_best[0],
+        "aggregation": coord_best[1],
+        "weights": coord_best[2],
+    }
 
     # ---- Ray Tune search ---------------------------------------------------------------------------
-    _connect(cfg)
+    init_ray(cfg)
     space: dict[str, Any] = {"aggregation": tune.choice(list(fc.aggregations))}
     space.update({f"w_{m}": tune.quniform(0.0, 1.0, WEIGHT_STEP) for m in names})
     seeds = _seed_points(names, fc.aggregations)
@@ -104,19 +101,30 @@ def fuse(cfg: Config, *, members: Sequence[str] | None = None, register: bool = 
         tune.with_resources(tune.with_parameters(_trial, oof=oof, objective=obj), {"cpu": 0.25}),
         param_space=space,
         tune_config=tune.TuneConfig(
-            metric="objective", mode="max", num_samples=max(fc.num_samples, len(seeds)), search_alg=search,
+            metric="objective",
+            mode="max",
+            num_samples=max(fc.num_samples, len(seeds)),
+            search_alg=search,
             max_concurrent_trials=fc.max_concurrent_trials,
+            reuse_actors=True,  # a trial is milliseconds of numpy: never pay a process start per trial
         ),
-        run_config=tune.RunConfig(name=f"fuse-{cfg.ensemble}-{int(time.time())}",
-                                  storage_path=str(cfg.ray.storage_path), verbose=0),
+        run_config=tune.RunConfig(
+            name=f"fuse-{cfg.ensemble}-{int(time.time())}", storage_path=str(cfg.ray.storage_path), verbose=0
+        ),
     )
     grid = tuner.fit()
     trials = []
-    for r in grid:
-        if r.error or not r.metrics or not r.metrics.get("valid"):
+    for r in (grid[i] for i in range(len(grid))):
+        if r.error or not r.metrics or not r.metrics.get("valid") or r.config is None:
             continue
-        trials.append({"objective": float(r.metrics["objective"]), "aggregation": r.config["aggregation"],
-                       "weights": {m: float(r.config[f"w_{m}"]) for m in names}})
+        conf = r.config
+        trials.append(
+            {
+                "objective": float(r.metrics["objective"]),
+                "aggregation": conf["aggregation"],
+                "weights": {m: float(conf[f"w_{m}"]) for m in names},
+            }
+        )
     if not trials:
         raise RuntimeError("the fusion search produced no valid trial")
     best = max(trials, key=lambda t: t["objective"])
@@ -131,7 +139,9 @@ def fuse(cfg: Config, *, members: Sequence[str] | None = None, register: bool = 
     for m in names:
         _, th_m, _ = oofmod.score_candidate(oof, {m: 1.0}, cfg.members[m].aggregation, obj)
         member_th[m] = [float(x) for x in th_m]
-    refs = {m: MemberRef(checkpoints=[str(p / "model.pt") for p in member_dirs(cfg.runs_dir, m)]) for m in names}
+    refs = {
+        m: MemberRef(checkpoints=[str(p / "model.pt") for p in member_dirs(cfg.runs_dir, m)]) for m in names
+    }
     if register and cfg.mlflow.enabled:
         _attach_registry_versions(cfg, refs)
     spec = EnsembleSpec(
@@ -155,10 +165,19 @@ def fuse(cfg: Config, *, members: Sequence[str] | None = None, register: bool = 
         },
     )
     path = save_spec(cfg, spec)
-    out: dict[str, Any] = {"spec_path": str(path), "version": spec.version, "objective": obj, "value": value,
-                           "tune_best": tune_value, "weights": spec.weights, "aggregation": chosen_agg,
-                           "source": source, "baselines": baselines, "n_trials": len(trials),
-                           "oof": spec.details["oof"]}
+    out: dict[str, Any] = {
+        "spec_path": str(path),
+        "version": spec.version,
+        "objective": obj,
+        "value": value,
+        "tune_best": tune_value,
+        "weights": spec.weights,
+        "aggregation": chosen_agg,
+        "source": source,
+        "baselines": baselines,
+        "n_trials": len(trials),
+        "oof": spec.details["oof"],
+    }
     if register and cfg.mlflow.enabled:
         out["mlflow"] = _log_mlflow(cfg, spec, path, trials, baselines)
     return out
@@ -172,55 +191,78 @@ def _attach_registry_versions(cfg: Config, refs: dict[str, MemberRef]) -> None:
         name = tracking.registered_model_name(cfg, m)
         try:
             mv = tracking.champion_version(cfg, name)
-        except Exception:  # noqa: BLE001 - the registry is optional here; local checkpoints still serve
+        except Exception:
             mv = None
         if mv is not None:
             ref.registered_model, ref.version = name, str(mv.version)
 
 
-def _log_mlflow(cfg: Config, spec: EnsembleSpec, path: Any, trials: list[dict[str, Any]],
-                baselines: dict[str, Any]) -> dict[str, Any]:
+def _log_mlflow(
+    cfg: Config, spec: EnsembleSpec, path: Any, trials: list[dict[str, Any]], baselines: dict[str, Any]
+) -> dict[str, Any]:
     """A parent run for the search, one nested run per trial, the spec registered as a versioned artifact."""
     from ml import tracking
 
-    parent = tracking.start_run(cfg, kind="fuse_job", name=f"fuse-{cfg.ensemble}-v{spec.version}", reuse=False)
+    parent = tracking.start_run(
+        cfg, kind="fuse_job", name=f"fuse-{cfg.ensemble}-v{spec.version}", reuse=False
+    )
     try:
-        tracking.log_params(cfg, parent, {"objective": spec.objective, "num_samples": cfg.fusion.num_samples,
-                                          "aggregations": ",".join(cfg.fusion.aggregations),
-                                          "members": ",".join(spec.members)})
+        tracking.log_params(
+            cfg,
+            parent,
+            {
+                "objective": spec.objective,
+                "num_samples": cfg.fusion.num_samples,
+                "aggregations": ",".join(cfg.fusion.aggregations),
+                "members": ",".join(spec.members),
+            },
+        )
         for i, t in enumerate(trials):
-            rid = tracking.start_run(cfg, kind="fuse_trial", name=f"trial-{i:04d}", parent_run_id=parent,
-                                     reuse=False)
-            tracking.log_params(cfg, rid, {"aggregation": t["aggregation"],
-                                           **{f"w_{m}": w for m, w in t["weights"].items()}})
+            rid = tracking.start_run(
+                cfg, kind="fuse_trial", name=f"trial-{i:04d}", parent_run_id=parent, reuse=False
+            )
+            tracking.log_params(
+                cfg, rid, {"aggregation": t["aggregation"], **{f"w_{m}": w for m, w in t["weights"].items()}}
+            )
             tracking.log_metrics(cfg, rid, {"objective": t["objective"]})
             tracking.end_run(cfg, rid)
         flat = {f"baseline/{k.replace('/', '_')}": float(v["objective"]) for k, v in baselines.items()}
-        tracking.log_metrics(cfg, parent, {spec.objective: float(spec.value or 0.0), "tune_best":
-                                           float(spec.details["tune_best"]), **flat,
-                                           **{f"oof_{k}": float(v) for k, v in spec.details["oof"].items()}})
-        reg = tracking.register_spec(cfg, path, {spec.objective: float(spec.value or 0.0)}, parent_run_id=parent)
+        tracking.log_metrics(
+            cfg,
+            parent,
+            {
+                spec.objective: float(spec.value or 0.0),
+                "tune_best": float(spec.details["tune_best"]),
+                **flat,
+                **{f"oof_{k}": float(v) for k, v in spec.details["oof"].items()},
+            },
+        )
+        reg = tracking.register_spec(
+            cfg, path, {spec.objective: float(spec.value or 0.0)}, parent_run_id=parent
+        )
     except BaseException:
         tracking.end_run(cfg, parent, "FAILED")
         raise
     tracking.end_run(cfg, parent)
-    return {"parent_run_id": parent, "registered_model": reg.name, "version": reg.version,
-            "champion": reg.champion, "ui": tracking.ui_url(cfg, parent)}
+    return {
+        "parent_run_id": parent,
+        "registered_model": reg.name,
+        "version": reg.version,
+        "champion": reg.champion,
+        "ui": tracking.ui_url(cfg, parent),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m ray_jobs.fuse [--config P] [--profile P] [--set k=v …]`."""
-    p = argparse.ArgumentParser(prog="ray_jobs.fuse", description=__doc__)
-    p.add_argument("--config")
-    p.add_argument("--profile")
-    p.add_argument("--set", dest="overrides", action="append", default=[])
-    args = p.parse_args(argv)
-    cfg = load_config(args.config, args.profile, args.overrides)
+    _, cfg = parse(add_config_args(argparse.ArgumentParser(prog="ray_jobs.fuse", description=__doc__)), argv)
     result = fuse(cfg)
     best = result["value"]
-    print(f"fused {len(result['weights'])} members: {cfg.fusion.objective}={best:.4f} "
-          f"(tune {result['tune_best']:.4f}, coordinate {result['baselines']['coordinate']['objective']:.4f}); "
-          f"weights {result['weights']} aggregation {result['aggregation']} → {result['spec_path']}")
+    print(
+        f"fused {len(result['weights'])} members: {cfg.fusion.objective}={best:.4f} "
+        f"(tune {result['tune_best']:.4f}, coordinate {result['baselines']['coordinate']['objective']:.4f}); "
+        f"weights {result['weights']} aggregation {result['aggregation']} → {result['spec_path']}"
+    )
     return 0 if math.isfinite(best) else 1
 
 

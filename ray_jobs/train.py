@@ -135,12 +135,15 @@ def plan_resources(
     """
     tcs = [cfg.member_train(m) for m in members] or [cfg.train]
     gpus, cpus = float(resources.get("GPU", 0.0)), float(resources.get("CPU", 0.0))
-    use_gpu = gpus > 0 and any(tc.gpus_per_trial > 0 for tc in tcs)
+    wants_gpu = any(tc.gpus_per_trial > 0 for tc in tcs)
+    # use_gpu=True: GPU workers may not exist yet (an autoscaling cluster starting from zero)
+    use_gpu = wants_gpu and (gpus > 0 or cfg.train.use_gpu is True) and cfg.train.use_gpu is not False
     cpu_need = max(tc.cpus_per_trial * tc.num_workers for tc in tcs) + TRIAL_DRIVER_CPUS
     limit = math.floor(cpus / cpu_need + 1e-9)
     if use_gpu:
         gpu_need = max(tc.gpus_per_trial * tc.num_workers for tc in tcs if tc.gpus_per_trial > 0)
-        limit = min(limit, math.floor(gpus / gpu_need + 1e-9))
+        if gpus > 0:
+            limit = min(limit, math.floor(gpus / gpu_need + 1e-9))
     n = cfg.train.max_concurrent_trials or limit
     return use_gpu, max(1, min(n, max(1, n_trials)))
 
@@ -654,6 +657,9 @@ def train(cfg: Config, *, members: list[str] | None = None, folds: list[int] | N
                     name=f"train-{cfg.ensemble}-{key[:8]}-{time.strftime('%Y%m%d-%H%M%S')}",
                     storage_path=str(cfg.ray.storage_path),
                     callbacks=[_make_callback(job)],
+                    # a lost trial driver (its node died) is retried; the TorchTrainer inside resumes
+                    # from its last checkpoint because runs are named per (member, fold, fingerprint)
+                    failure_config=tune.FailureConfig(max_failures=cfg.train.max_failures),
                     verbose=1,
                 ),
             )

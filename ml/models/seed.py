@@ -8,7 +8,8 @@ Deliberate differences from the Keras originals, none of which changes the archi
 * the heads emit logits for a multi-label sigmoid/BCE (model3 was trained with softmax);
 * BatchNorm uses Keras' epsilon (1e-3) but PyTorch's running-statistics momentum (0.1, Keras' 0.99 is
   0.01 here), so short training runs still end with usable running statistics;
-* Keras flattens (H, W, C) and PyTorch (C, H, W): the same Dense layer, with its inputs permuted.
+* Keras flattens (H, W, C) and PyTorch (C, H, W): the same Dense layer, with its inputs permuted;
+* tensors are channels-last (1.3-2x faster on CPU), and on CPU eval batches run in chunks (``cpu_chunk``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Annotated
 
+import torch
 from pydantic import Field
 from torch import Tensor, nn
 
@@ -85,10 +87,11 @@ class Model2(MpicModel):
             nn.Dropout(args.dense_dropout),
             nn.Linear(args.dense, n_classes),
         )
+        self.to(memory_format=torch.channels_last)  # oneDNN's fast CPU kernels; also what cuDNN+AMP prefer
 
     def logits(self, feats: Tensor) -> Tensor:
         """(B, 1, n_bins, n_frames) → (B, n_classes)."""
-        return self.head(self.features(feats))
+        return self.head(self.features(feats.contiguous(memory_format=torch.channels_last)))
 
 
 class Model3Args(ModelArgs):
@@ -149,7 +152,8 @@ class Model3(MpicModel):
             nn.Dropout(args.dense_dropout),
             nn.Linear(args.dense, n_classes),
         )
+        self.to(memory_format=torch.channels_last)  # oneDNN's fast CPU kernels; also what cuDNN+AMP prefer
 
     def logits(self, feats: Tensor) -> Tensor:
         """(B, 1, n_bins, n_frames) → (B, n_classes)."""
-        return self.head(self.features(feats))
+        return self.head(self.features(feats.contiguous(memory_format=torch.channels_last)))

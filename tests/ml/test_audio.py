@@ -26,8 +26,16 @@ def encode(wave: np.ndarray, sr: int, fmt: str, subtype: str) -> bytes:
 
 
 FORMATS = [
-    ("WAV", "PCM_U8"), ("WAV", "PCM_16"), ("WAV", "PCM_24"), ("WAV", "PCM_32"), ("WAV", "FLOAT"),
-    ("WAV", "DOUBLE"), ("FLAC", "PCM_16"), ("FLAC", "PCM_24"), ("OGG", "VORBIS"), ("MP3", "MPEG_LAYER_III"),
+    ("WAV", "PCM_U8"),
+    ("WAV", "PCM_16"),
+    ("WAV", "PCM_24"),
+    ("WAV", "PCM_32"),
+    ("WAV", "FLOAT"),
+    ("WAV", "DOUBLE"),
+    ("FLAC", "PCM_16"),
+    ("FLAC", "PCM_24"),
+    ("OGG", "VORBIS"),
+    ("MP3", "MPEG_LAYER_III"),
 ]
 
 

@@ -195,3 +195,18 @@ def test_a_click_lands_in_the_right_frame(cfg):
         spec = fe(x)[0, 0]
     frame = int(spec.mean(dim=0).argmax())
     assert abs(frame - 11025 / fe.hop_length) <= 2
+
+
+def test_cpu_chunking_changes_nothing(cfg):
+    fe = build_front_end(cfg.front_ends["mel_fast"]).eval()
+    assert 1 < fe.cpu_chunk(fe.sample_rate) < 37
+    x = torch.randn(37, fe.sample_rate)
+    with torch.inference_mode():
+        chunked = fe(x)
+        whole = torch.cat([fe(x[:20]), fe(x[20:])])  # 20 > chunk, so these chunk too; compare with db()
+        direct = fe.db(rms_normalise(x))
+    torch.testing.assert_close(chunked, whole)
+    peak = direct.amax(dim=(1, 2), keepdim=True)
+    direct = torch.maximum(direct, peak - fe.top_db)
+    m, s = direct.mean(dim=(1, 2), keepdim=True), direct.std(dim=(1, 2), keepdim=True)
+    torch.testing.assert_close(chunked[:, 0], (direct - m) / (s + 1e-5), rtol=1e-4, atol=1e-4)

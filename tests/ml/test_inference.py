@@ -44,7 +44,9 @@ def test_frame_windows_pads_and_slices():
 
 def make_predictor(member="a", n_models=2, batch_size=4, bias=0.0):
     models = [BandEnergy(8000, bias=bias) for _ in range(n_models)]
-    return Predictor(member, models, ["lo", "mid", "hi"], window_s=1.0, hop_s=0.5, batch_size=batch_size), models
+    return Predictor(
+        member, models, ["lo", "mid", "hi"], window_s=1.0, hop_s=0.5, batch_size=batch_size
+    ), models
 
 
 def test_predictor_batches_windows_of_many_files_and_averages_folds():
@@ -78,7 +80,7 @@ def wav_bytes(wave, sr):
 
 
 def test_ensemble_predictor_end_to_end_with_errors_beside_results():
-    pa, models_a = make_predictor("a")
+    pa, _models_a = make_predictor("a")
     pb, models_b = make_predictor("b", bias=-5.0)
     ens = EnsemblePredictor({"a": pa, "b": pb}, {"a": 1.0, "b": 1.0}, [0.5, 0.5, 0.5], "mean")
     t = np.arange(44100 * 2) / 44100

@@ -41,7 +41,7 @@ def test_fit_writes_checkpoint_and_oof_and_resumes(smoke_cfg, data, tmp_path):
         assert np.isfinite(hooks.history[-1][key])
     assert 0 <= hooks.history[-1]["data_share"] < 1
     # the checkpoint describes itself and loads through the one constructor
-    model, meta = load_classifier(r.model_path)
+    _model, meta = load_classifier(r.model_path)
     assert meta.member == "res_genre" and meta.fold == 0 and meta.labels == smoke_cfg.label_codes
     pred = Predictor.from_checkpoints([r.model_path], hop_s=0.5)
     scores = pred.score_waves([data.store.clip(0)])[0]

@@ -32,8 +32,14 @@ pytestmark = pytest.mark.browser
 
 ENDPOINT = "/analyze_files/multi_model"
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 ROWS = "#results-table tbody tr[data-file]"
 SR = 22050
@@ -72,7 +78,7 @@ def audio(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("web-audio")
     rng = np.random.default_rng(7)
     noise = np.zeros(int(2.5 * SR), np.float32)
-    noise[int(0.5 * SR): int(2.0 * SR)] = 0.25 * rng.standard_normal(int(1.5 * SR)).astype(np.float32)
+    noise[int(0.5 * SR) : int(2.0 * SR)] = 0.25 * rng.standard_normal(int(1.5 * SR)).astype(np.float32)
     files = {
         "tone": d / "tone-a440.wav",
         "noise": d / "noise-burst.wav",
@@ -122,11 +128,23 @@ def _open_page(browser: Browser, url: str, **context_args: Any) -> tuple[Page, l
     page.set_default_timeout(30_000)
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-    page.on("console", lambda m: errors.append(f"console.error: {m.text}")
-            if m.type == "error" and not m.text.startswith("Failed to load resource") else None)
+    page.on(
+        "console",
+        lambda m: (
+            errors.append(f"console.error: {m.text}")
+            if m.type == "error" and not m.text.startswith("Failed to load resource")
+            else None
+        ),
+    )
     # Offline-ready: nothing but the app's own origin (no CDN, fonts or analytics).
-    page.on("request", lambda r: errors.append(f"external request: {r.url}")
-            if not r.url.startswith((url + "/", "data:", "blob:")) else None)
+    page.on(
+        "request",
+        lambda r: (
+            errors.append(f"external request: {r.url}")
+            if not r.url.startswith((url + "/", "data:", "blob:"))
+            else None
+        ),
+    )
     page.goto(url + "/")
     expect(page.locator("[data-testid^=weight-slider-]").first).to_be_visible()
     expect(page.locator("#status")).to_have_attribute("data-state", "info")
@@ -152,7 +170,6 @@ def viridis(p: float) -> np.ndarray:
     x = min(1.0, max(0.0, p)) * (len(VIRIDIS) - 1)
     i = min(len(VIRIDIS) - 2, int(x))
     return np.round(VIRIDIS[i] + (VIRIDIS[i + 1] - VIRIDIS[i]) * (x - i))
-
 
 
 def _is_analyze(r: Any) -> bool:
@@ -203,7 +220,9 @@ def query(page: Page, action: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         action()
     sent = page.evaluate(
         "n => window.__sent.slice(n).map(({url, fields, files}) => ({url, fields,"
-        " files: files.map(({field, name, size, type}) => ({field, name, size, type}))}))", n)
+        " files: files.map(({field, name, size, type}) => ({field, name, size, type}))}))",
+        n,
+    )
     assert len(sent) == 1, f"one action, one request: {sent}"
     return sent[0], info.value.json()
 
@@ -237,8 +256,12 @@ def test_controls_come_from_models_and_are_labelled(page: Page, models: dict[str
         assert pct == f"{round(100 * weights.get(m, 0.0) / total)} %"
         expect(page.get_by_label(m, exact=True)).to_have_attribute("type", "range")
     codes = [lab["code"] if isinstance(lab, dict) else lab for lab in models["labels"]]
-    assert page.eval_on_selector_all("#results-table thead th.label-col[data-label]",
-                                     "els => els.map(e => e.dataset.label)") == codes
+    assert (
+        page.eval_on_selector_all(
+            "#results-table thead th.label-col[data-label]", "els => els.map(e => e.dataset.label)"
+        )
+        == codes
+    )
     # Accessible names for every control; status is a live region.
     expect(page.get_by_label("One threshold for every instrument")).to_have_attribute("id", "threshold")
     expect(page.get_by_label("Use the tuned per-instrument thresholds")).to_be_checked()
@@ -267,8 +290,9 @@ def test_upload_two_files_shows_a_row_each(
     assert_table_matches(page, data)
     # Instruments appear as readable names, not just codes.
     names = {lab["code"]: lab.get("name") or lab["code"] for lab in models["labels"]}
-    chips = page.eval_on_selector_all("#results-table .instruments .chip[data-code]",
-                                      "els => els.map(e => [e.dataset.code, e.textContent])")
+    chips = page.eval_on_selector_all(
+        "#results-table .instruments .chip[data-code]", "els => els.map(e => [e.dataset.code, e.textContent])"
+    )
     assert all(text == names[code] for code, text in chips), chips
     expect(page.locator("#status")).to_have_attribute("data-state", "ok")
     expect(page.locator("#status")).to_contain_text("Analysed 2 files")
@@ -293,14 +317,21 @@ def test_weight_slider_changes_scores(page: Page, audio: dict[str, Path]) -> Non
     expect(page.locator(f".weight-row[data-member='{dropped}']")).to_have_class(re.compile("dropped"))
     expect(page.locator("#status")).to_have_attribute("data-state", "ok")
     assert_table_matches(page, after)  # the table shows the new answer
-    change = max(abs(a["scores"][c] - b["scores"][c])
-                 for a, b in zip(before["results"], after["results"], strict=True) for c in a["scores"])
+    change = max(
+        abs(a["scores"][c] - b["scores"][c])
+        for a, b in zip(before["results"], after["results"], strict=True)
+        for c in a["scores"]
+    )
     if change < 0.0015:  # below what 3 shown decimals are sure to reveal
-        pytest.xfail(f"the served members score (nearly) identically (max change {change:.4f}), so dropping "
-                     f"{dropped!r} cannot visibly change the fused scores (untrained members with one seed?)")
-    page.wait_for_function("old => JSON.stringify([...document.querySelectorAll("
-                           "'#results-table td.score .val')].map(e => e.textContent)) !== old",
-                           arg=json.dumps(old_texts))
+        pytest.xfail(
+            f"the served members score (nearly) identically (max change {change:.4f}), so dropping "
+            f"{dropped!r} cannot visibly change the fused scores (untrained members with one seed?)"
+        )
+    page.wait_for_function(
+        "old => JSON.stringify([...document.querySelectorAll("
+        "'#results-table td.score .val')].map(e => e.textContent)) !== old",
+        arg=json.dumps(old_texts),
+    )
     assert shown_scores(page) != old_scores, "dropping a member must change the shown scores"
     assert shown_texts(page) != old_texts, "the shown (rounded) scores must change too"
 
@@ -329,11 +360,14 @@ def test_threshold_changes_instruments(page: Page, audio: dict[str, Path]) -> No
         expect(page.locator("#threshold-value")).to_have_text(f"{thr:.2f}")
         expect(page.locator("#threshold-tuned")).not_to_be_checked()
         expect(page.locator("#results-table thead tr.thresholds-row th.label-col").first).to_have_text(
-            f"≥ {thr:.2f}")
+            f"≥ {thr:.2f}"
+        )
         page.wait_for_function(
             "thr => [...document.querySelectorAll('#results-table tbody tr.result-row')].every(r =>"
             " [...r.querySelectorAll('td.score')].every(td => td.classList.contains('hit') ==="
-            " (r.dataset.status === 'ok' && Number(td.dataset.score) >= thr)))", arg=thr)
+            " (r.dataset.status === 'ok' && Number(td.dataset.score) >= thr)))",
+            arg=thr,
+        )
         assert_table_matches(page, data)
         seen[thr] = shown_instruments(page)
         for r in data["results"]:  # chips are exactly the labels whose score reaches the threshold
@@ -389,11 +423,13 @@ def test_record_from_fake_microphone(page: Page) -> None:
     # The upload is a 16-bit PCM mono WAV named recording-<time>.wav, with sound in it.
     (f,) = sent["files"]
     assert f["field"] == "files" and re.fullmatch(r"recording-[\w.:-]+\.wav", f["name"]), f
-    body = base64.b64decode(page.evaluate("""async () => {
+    body = base64.b64decode(
+        page.evaluate("""async () => {
         const b = new Uint8Array(await window.__sent.at(-1).files[0].blob.arrayBuffer());
         let s = '';
         for (let i = 0; i < b.length; i += 8192) s += String.fromCharCode(...b.subarray(i, i + 8192));
-        return btoa(s); }"""))
+        return btoa(s); }""")
+    )
     assert body[:4] == b"RIFF" and body[8:16] == b"WAVEfmt " and len(body) == f["size"]
     fmt, channels, rate, _, _, bits = struct.unpack("<HHIIHH", body[20:36])
     assert (fmt, channels, bits) == (1, 1, 16)
@@ -430,7 +466,8 @@ def test_timeline_heat_map_is_drawn(page: Page, audio: dict[str, Path]) -> None:
         assert stats["colours"] > 8, stats  # a heat map, labels and an axis; not a flat fill
         assert stats["drawn"] == len(r["segments"])
         # Each cell's colour encodes that window's score of that instrument (viridis, as the legend).
-        cells = canvas.evaluate("""(c, segs) => {
+        cells = canvas.evaluate(
+            """(c, segs) => {
             const p = JSON.parse(c.dataset.plot), k = c.width / p.cssWidth, ctx = c.getContext('2d');
             const out = [];
             segs.forEach((s, i) => {
@@ -443,7 +480,9 @@ def test_timeline_heat_map_is_drawn(page: Page, audio: dict[str, Path]) -> None:
                 });
             });
             return out;
-        }""", r["segments"])
+        }""",
+            r["segments"],
+        )
         assert len(cells) == len(r["segments"]) * len(data["labels"])
         for score, rgba in cells:
             assert rgba[3] == 255 and np.abs(np.array(rgba[:3]) - viridis(score)).max() <= 3, (score, rgba)
@@ -497,8 +536,14 @@ def test_drop_files_on_drop_zone(page: Page, audio: dict[str, Path]) -> None:
 def test_phone_viewport_has_no_horizontal_overflow(
     browser: Browser, serve_url: str, audio: dict[str, Path], artifacts_dir: Path
 ) -> None:
-    page, errors = _open_page(browser, serve_url.rstrip("/"), viewport={"width": 390, "height": 844},
-                              device_scale_factor=2, is_mobile=True, has_touch=True)
+    page, errors = _open_page(
+        browser,
+        serve_url.rstrip("/"),
+        viewport={"width": 390, "height": 844},
+        device_scale_factor=2,
+        is_mobile=True,
+        has_touch=True,
+    )
     try:
         upload(page, [audio["tone"], audio["noise"], audio["bad"]])
         page.wait_for_timeout(200)  # timelines redraw on resize
@@ -535,8 +580,11 @@ def test_api_key_prompt_when_the_server_requires_one(browser: Browser, serve_url
         key = route.request.headers.get("x-api-key")
         seen.append(key)
         if key != "s3cret":
-            route.fulfill(status=401, content_type="application/json",
-                          body=json.dumps({"detail": "missing or invalid X-API-Key header"}))
+            route.fulfill(
+                status=401,
+                content_type="application/json",
+                body=json.dumps({"detail": "missing or invalid X-API-Key header"}),
+            )
         else:
             route.continue_()
 
