@@ -298,6 +298,11 @@ class EnsemblePredictor:
         self.max_seconds = max_seconds
         self.silence_dbfs = silence_dbfs
 
+    def warm_up(self, seconds: float = 2.0) -> None:
+        """Run every member once on silence so the first real request pays no one-off set-up costs."""
+        for p in self.predictors.values():
+            p.score_waves([np.zeros(int(seconds * p.sample_rate), dtype=np.float32)])
+
     def predict(
         self, sources: Sequence[tuple[str, Any]], weights: Mapping[str, float] | None = None
     ) -> list[FileResult]:

@@ -28,7 +28,7 @@ from ray.serve.deployment import Deployment
 
 from ml.config import AutoscalingConfig, Config, ConfigError, apply_override, load_config
 from ml.ensemble import EnsembleSpec, resolve_spec
-from serve.api import apply_fusion_update
+from ml.service import apply_fusion_update
 from serve.ingress import Ingress
 from serve.member import MemberModel
 

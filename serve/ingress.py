@@ -2,7 +2,7 @@
 
 The app is built on the replica (``__serve_build_asgi_app__``), so nothing is loaded at import time. The
 fusion settings (weights, thresholds, aggregation, or a whole new spec) change without downtime through
-the deployment's ``user_config`` (see :class:`serve.api.FusionUpdate`): Serve calls ``reconfigure`` on the
+the deployment's ``user_config`` (see :class:`ml.service.FusionUpdate`): Serve calls ``reconfigure`` on the
 running replicas and requests already in flight finish with the settings they started with.
 """
 
@@ -18,11 +18,12 @@ from ray.serve.handle import DeploymentHandle
 
 from ml.config import Config
 from ml.ensemble import EnsembleSpec
-from serve.api import FusionBox, apply_fusion_update, config_sample_rate, create_api, fusion_from_spec
+from ml.service import FusionBox, apply_fusion_update, config_sample_rate, fusion_from_spec
+from serve.api import create_api
 
 
 class ServeBackend:
-    """:class:`serve.api.Backend` over member deployment handles."""
+    """:class:`ml.service.Backend` over member deployment handles."""
 
     def __init__(self, cfg: Config, handles: Mapping[str, DeploymentHandle]) -> None:
         """Wrap one handle per served member (sample rates come from the configured front ends)."""
@@ -62,5 +63,5 @@ class Ingress:
         return create_api(self.cfg, self.backend, fusion=self.fusion)
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
-        """Apply a fusion ``user_config`` (:class:`serve.api.FusionUpdate`); ``{}`` restores the spec."""
+        """Apply a fusion ``user_config`` (:class:`ml.service.FusionUpdate`); ``{}`` restores the spec."""
         self.fusion.set(apply_fusion_update(self.cfg, self.spec, user_config, self.backend.members))

@@ -20,7 +20,7 @@ from ray import serve
 
 from ml.config import Config
 from ml.inference import Predictor, pick_device
-from serve.api import check_predictor, config_sample_rate, load_predictor
+from ml.service import check_predictor, config_sample_rate, load_predictor
 
 Loader = Callable[[Config, str, torch.device], Predictor]
 

@@ -24,7 +24,8 @@ import soundfile as sf
 from fastapi import FastAPI
 
 from ml.config import Config, deep_merge
-from serve.api import LocalBackend, create_api
+from ml.service import LocalBackend
+from serve.api import create_api
 
 SERVE_READY_TIMEOUT_S = 300.0
 # The Serve deployment gives one member two replicas so tests can check replica counts come from config.

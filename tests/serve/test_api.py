@@ -16,19 +16,19 @@ import soundfile as sf
 import yaml
 from fastapi import FastAPI
 
-import serve.api as api_mod
+import ml.service as api_mod
 from ml.config import Config, deep_merge
 from ml.ensemble import EnsembleSpec, MemberRef, default_spec, save_spec
 from ml.inference import EnsemblePredictor
-from serve.api import (
+from ml.service import (
     FusionUpdate,
     LocalBackend,
     WeightsError,
     apply_fusion_update,
-    create_api,
     parse_weights,
     validate_weights,
 )
+from serve.api import create_api
 
 MULTI = "/analyze_files/multi_model"
 SINGLE = "/analyze_files/single_model"

@@ -16,7 +16,8 @@ import pytest
 from ray import serve
 
 from ml.config import Config
-from serve.api import LocalBackend, create_api
+from ml.service import LocalBackend
+from serve.api import create_api
 from serve.app import (
     APP_NAME,
     AppArgs,

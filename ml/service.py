@@ -1,0 +1,469 @@
+"""The analysis flow behind the HTTP API, without HTTP: backends, fusion settings, decode → fan out → fuse.
+
+:func:`analyze` is what both the FastAPI app (:mod:`serve.api`) and any other front end call: decode each
+upload once (in a worker thread), resample once per distinct member sample rate, cut windows, score every
+member with a positive weight concurrently through a :class:`Backend` (in-process :class:`LocalBackend`, or
+Ray Serve deployment handles in :mod:`serve.ingress`), fuse and build per-file results. The fusion settings
+(:class:`Fusion`: weights, aggregation, thresholds) come from the ensemble spec and can be swapped live
+(:class:`FusionUpdate`, :func:`apply_fusion_update`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import threading
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ml.audio import Audio, AudioError, decode, resample
+from ml.config import Aggregation, Config
+from ml.ensemble import SPEC_FORMAT, EnsembleSpec, SpecError, resolve_spec
+from ml.inference import FileResult, Predictor, build_result, frame_windows, fuse_windows, window_starts
+
+log = logging.getLogger("mpic.service")
+
+
+Loader = Callable[[Config, str, torch.device], Predictor]
+
+
+# ---- backends -----------------------------------------------------------------------------------------
+
+
+class Backend(Protocol):
+    """What the API needs from whoever runs the models.
+
+    ``health(member)`` is optional: a backend without it is reported as ``{"status": "ok"}``.
+    """
+
+    members: list[str]
+
+    def sample_rate(self, member: str) -> int:
+        """The rate (Hz) the member's windows must be sampled at."""
+        ...
+
+    async def score(self, member: str, windows: np.ndarray) -> np.ndarray:
+        """Sigmoid scores (W, C) for float32 windows (W, S) of one file."""
+        ...
+
+
+def check_predictor(
+    cfg: Config, member: str, predictor: Predictor, *, expect_rate: int | None = None
+) -> None:
+    """Fail clearly when a member's models do not fit the config the API frames windows with."""
+    if predictor.labels != cfg.label_codes:
+        raise ValueError(
+            f"member {member!r}: model labels {predictor.labels} differ from config {cfg.label_codes}"
+        )
+    if not math.isclose(predictor.window_s, cfg.inference.window_s, rel_tol=1e-6):
+        raise ValueError(
+            f"member {member!r}: models use {predictor.window_s} s windows, the config "
+            f"inference.window_s is {cfg.inference.window_s} s"
+        )
+    if expect_rate is not None and predictor.sample_rate != expect_rate:
+        raise ValueError(
+            f"member {member!r}: models expect {predictor.sample_rate} Hz but the config front end gives "
+            f"{expect_rate} Hz; retrain or fix front_ends"
+        )
+
+
+def config_sample_rate(cfg: Config, member: str) -> int:
+    """A member's input rate according to its configured front end."""
+    return int(cfg.front_ends[cfg.members[member].front_end].sample_rate)
+
+
+def load_predictor(
+    cfg: Config,
+    member: str,
+    device: torch.device | str = "cpu",
+    *,
+    checkpoints: Sequence[str] | None = None,
+    allow_untrained: bool = False,
+) -> Predictor:
+    """The default member loader: fold checkpoints (given, or the newest under ``runs_dir``).
+
+    With ``allow_untrained`` a member without checkpoints gets deterministic random weights.
+    """
+    from ml.inference import load_member
+
+    return load_member(
+        cfg, member, checkpoints=checkpoints or None, device=device, allow_untrained=allow_untrained
+    )
+
+
+class LocalBackend:
+    """In-process backend (no Ray).
+
+    Scoring runs in worker threads (``asyncio.to_thread``), one forward per member at a time (a lock per
+    member keeps torch from oversubscribing the cores).
+    """
+
+    def __init__(self, predictors: Mapping[str, Predictor]) -> None:
+        """Serve these predictors, keyed by member name."""
+        if not predictors:
+            raise ValueError("LocalBackend needs at least one predictor")
+        self.predictors = dict(predictors)
+        self.members = list(self.predictors)
+        self._locks = {m: threading.Lock() for m in self.predictors}
+
+    @classmethod
+    def from_config(
+        cls,
+        cfg: Config,
+        members: Sequence[str] | None = None,
+        *,
+        spec: EnsembleSpec | None = None,
+        allow_untrained: bool = False,
+        device: torch.device | str = "cpu",
+        loader: Loader | None = None,
+    ) -> LocalBackend:
+        """Load ``members`` (default: the spec's members with a positive weight) in this process."""
+        spec = spec or resolve_spec(cfg)
+        names = list(members) if members else [m for m, w in spec.weights.items() if w > 0]
+        dev = torch.device(device)
+        predictors = {}
+        for m in names:
+            if loader is not None:
+                p = loader(cfg, m, dev)
+            else:
+                ref = spec.members.get(m)
+                p = load_predictor(
+                    cfg, m, dev, checkpoints=ref.checkpoints if ref else None, allow_untrained=allow_untrained
+                )
+            check_predictor(cfg, m, p)
+            predictors[m] = p
+        return cls(predictors)
+
+    def sample_rate(self, member: str) -> int:
+        """The predictor's own rate (checkpoints are self-describing)."""
+        return int(self.predictors[member].sample_rate)
+
+    async def score(self, member: str, windows: np.ndarray) -> np.ndarray:
+        """Score in a worker thread."""
+        return await asyncio.to_thread(self._score, member, windows)
+
+    def _score(self, member: str, windows: np.ndarray) -> np.ndarray:
+        with self._locks[member]:
+            return self.predictors[member].score_windows(windows)
+
+    async def health(self, member: str) -> dict[str, Any]:
+        """Device and process of the in-process predictor."""
+        p = self.predictors[member]
+        return {
+            "status": "ok",
+            "device": str(p.device),
+            "pid": os.getpid(),
+            "sample_rate": p.sample_rate,
+            "gpu_ids": [],
+        }
+
+
+# ---- fusion settings (spec + live overrides) -----------------------------------------------------------
+
+
+class WeightsError(ValueError):
+    """Request or config weights that cannot be used; the message says why."""
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """What the multi-model endpoint applies: weights over the served members, thresholds, aggregation."""
+
+    weights: dict[str, float]
+    thresholds: tuple[float, ...]
+    aggregation: str
+    ensemble: str = ""
+    version: int | None = None
+    source: str = "default"
+
+
+class FusionBox:
+    """A swappable :class:`Fusion` (the ingress replaces it on ``reconfigure``; requests read it once)."""
+
+    def __init__(self, fusion: Fusion) -> None:
+        """Hold ``fusion``."""
+        self.current = fusion
+
+    def set(self, fusion: Fusion) -> None:
+        """Swap in new settings; in-flight requests keep the ones they started with."""
+        self.current = fusion
+
+
+class FusionUpdate(BaseModel):
+    """The ingress ``user_config``: change fusion without restarting anything.
+
+    Applied over the spec the app was built with: ``spec_path`` (a ``spec-v<N>.json`` file) or an inline
+    ``spec`` replaces it, then ``weights`` / ``thresholds`` / ``aggregation`` override single fields. An
+    empty update restores the built-in spec.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    weights: dict[str, float] | None = None
+    thresholds: float | list[float] | dict[str, float] | None = None
+    aggregation: Aggregation | None = None
+    spec_path: str | None = None
+    spec: dict[str, Any] | None = None
+
+
+def validate_weights(raw: Any, served: Sequence[str], *, known: Collection[str] = ()) -> dict[str, float]:
+    """Check a ``{member: weight}`` object; members left out get weight 0.
+
+    Raises:
+        WeightsError: not an object, unknown or unserved member, a weight that is not a finite number
+            ``>= 0``, or no positive weight at all.
+    """
+    if not isinstance(raw, Mapping):
+        raise WeightsError('weights must be a JSON object {"member": weight, ...}')
+    unknown = sorted(k for k in raw if k not in served)
+    if unknown:
+        not_served = [k for k in unknown if k in known]
+        if not_served:
+            raise WeightsError(
+                f"members {not_served} are not deployed in this service; served: {list(served)}"
+            )
+        raise WeightsError(f"unknown members {unknown}; valid: {list(served)}")
+    out: dict[str, float] = {}
+    for m in served:
+        v = raw.get(m, 0.0)
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise WeightsError(f"weight of {m!r} must be a number, got {v!r}")
+        if not math.isfinite(v):
+            raise WeightsError(f"weight of {m!r} must be finite, got {v}")
+        if v < 0:
+            raise WeightsError(f"weight of {m!r} must be >= 0, got {v}")
+        out[m] = float(v)
+    if not any(v > 0 for v in out.values()):
+        raise WeightsError("at least one member needs a positive weight (all weights are zero)")
+    return out
+
+
+def parse_weights(text: str, served: Sequence[str], *, known: Collection[str] = ()) -> dict[str, float]:
+    """Parse the ``weights`` form field (JSON) and validate it with :func:`validate_weights`."""
+    try:
+        raw = json.loads(text)
+    except ValueError as e:
+        raise WeightsError(f"weights is not valid JSON ({e})") from None
+    return validate_weights(raw, served, known=known)
+
+
+def _check_thresholds(values: Sequence[float]) -> tuple[float, ...]:
+    out = tuple(float(t) for t in values)
+    bad = [t for t in out if not (0.0 < t < 1.0)]
+    if bad:
+        raise ValueError(f"thresholds must lie in (0, 1), got {bad}")
+    return out
+
+
+def fusion_from_spec(
+    cfg: Config, spec: EnsembleSpec, served: Sequence[str], *, strict: bool = False
+) -> Fusion:
+    """Fusion settings of ``spec`` restricted to the ``served`` members.
+
+    Args:
+        cfg: The configuration (labels, default threshold).
+        spec: The fusion spec.
+        served: Members the backend serves.
+        strict: Fail when the spec gives a positive weight to a member that is not served (used for live
+            updates; at build time a members subset legitimately drops some).
+    """
+    spec.check_against(cfg)
+    missing = [m for m, w in spec.weights.items() if w > 0 and m not in served]
+    if strict and missing:
+        raise WeightsError(
+            f"the spec weights members {missing} that are not deployed; served: {list(served)}"
+        )
+    weights = {m: float(spec.weights.get(m, 0.0)) for m in served}
+    if not any(w > 0 for w in weights.values()):
+        raise WeightsError(f"the spec gives none of the served members {list(served)} a positive weight")
+    thresholds = spec.thresholds or [cfg.inference.threshold] * len(cfg.labels)
+    return Fusion(
+        weights=weights,
+        thresholds=_check_thresholds(thresholds),
+        aggregation=spec.aggregation,
+        ensemble=spec.ensemble,
+        version=spec.version,
+        source=spec.source,
+    )
+
+
+def apply_fusion_update(
+    cfg: Config, base: EnsembleSpec, update: Mapping[str, Any] | FusionUpdate | None, served: Sequence[str]
+) -> Fusion:
+    """The fusion settings for an ingress ``user_config`` (see :class:`FusionUpdate`).
+
+    Raises:
+        ValueError: A malformed update (unknown keys, bad weights/thresholds, unreadable spec).
+    """
+    try:
+        upd = update if isinstance(update, FusionUpdate) else FusionUpdate.model_validate(dict(update or {}))
+    except ValidationError as e:
+        raise ValueError(f"invalid fusion user_config: {e}") from None
+    spec = base
+    strict = False
+    if upd.spec_path:
+        try:
+            spec = EnsembleSpec.from_json(Path(upd.spec_path).read_text())
+        except OSError as e:
+            raise ValueError(f"cannot read spec_path {upd.spec_path!r}: {e}") from None
+        strict = True
+    elif upd.spec is not None:
+        spec = EnsembleSpec.from_json(json.dumps({"format": SPEC_FORMAT, **upd.spec}))
+        strict = True
+    try:
+        fusion = fusion_from_spec(cfg, spec, served, strict=strict)
+    except SpecError as e:
+        raise ValueError(str(e)) from None
+    weights = fusion.weights
+    if upd.weights is not None:
+        weights = validate_weights(upd.weights, served, known=cfg.members)
+    thresholds = list(fusion.thresholds)
+    if isinstance(upd.thresholds, dict):
+        unknown = sorted(set(upd.thresholds) - set(cfg.label_codes))
+        if unknown:
+            raise ValueError(f"thresholds for unknown labels {unknown}; valid: {cfg.label_codes}")
+        thresholds = [
+            float(upd.thresholds.get(c, t)) for c, t in zip(cfg.label_codes, thresholds, strict=True)
+        ]
+    elif isinstance(upd.thresholds, list):
+        if len(upd.thresholds) != len(cfg.labels):
+            raise ValueError(f"{len(upd.thresholds)} thresholds for {len(cfg.labels)} labels")
+        thresholds = list(upd.thresholds)
+    elif upd.thresholds is not None:
+        thresholds = [float(upd.thresholds)] * len(cfg.labels)
+    source = (
+        fusion.source
+        if upd.weights is None and upd.thresholds is None and upd.aggregation is None
+        else f"{fusion.source}+user_config"
+    )
+    return Fusion(
+        weights=weights,
+        thresholds=_check_thresholds(thresholds),
+        aggregation=upd.aggregation or fusion.aggregation,
+        ensemble=fusion.ensemble,
+        version=fusion.version,
+        source=source,
+    )
+
+
+# ---- the analysis flow --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Decoded:
+    name: str
+    audio: Audio | None = None
+    error: str | None = None
+    starts: np.ndarray | None = None
+    windows: dict[int, np.ndarray] = field(default_factory=dict)  # sample rate → (W, S)
+
+
+class ScoringError(RuntimeError):
+    """A member failed to score (backend down, overloaded or broken); the whole request fails (503)."""
+
+
+def _decode_and_frame(
+    name: str,
+    data: bytes,
+    rates: Collection[int],
+    *,
+    window_s: float,
+    hop_s: float,
+    max_seconds: float,
+    min_seconds: float,
+    silence_dbfs: float,
+) -> _Decoded:
+    """Decode once, resample once per rate and frame windows (runs in a worker thread)."""
+    try:
+        audio = decode(
+            data, None, max_seconds=max_seconds, min_seconds=min_seconds, silence_dbfs=silence_dbfs
+        )
+    except AudioError as e:
+        return _Decoded(name, error=f"{e.code}: {e}")
+    except Exception as e:
+        log.warning("decoding %r failed unexpectedly: %r", name, e)
+        return _Decoded(name, error=f"undecodable: could not decode the audio ({type(e).__name__})")
+    starts = window_starts(audio.duration_s, window_s, hop_s)
+    windows = {}
+    for rate in sorted(set(rates)):
+        wave = resample(audio.wave, audio.sample_rate, rate)
+        windows[rate] = frame_windows(wave, rate, starts, window_s)
+    return _Decoded(name, audio=audio, starts=starts, windows=windows)
+
+
+async def analyze(
+    cfg: Config,
+    backend: Backend,
+    uploads: Sequence[tuple[str, bytes]],
+    *,
+    weights: Mapping[str, float],
+    thresholds: Sequence[float],
+    aggregation: str,
+) -> list[FileResult]:
+    """Decode, window, score with every positively weighted member concurrently, fuse (see module doc).
+
+    Raises:
+        ScoringError: A backend call failed.
+    """
+    active = [m for m in backend.members if weights.get(m, 0.0) > 0]
+    if not active:
+        raise WeightsError("no served member has a positive weight")
+    rate_of = {m: int(backend.sample_rate(m)) for m in active}
+    inf = cfg.inference
+    max_seconds = min(cfg.audio.max_seconds, cfg.serve.limits.max_seconds)
+    decoded: list[_Decoded] = list(
+        await asyncio.gather(
+            *(
+                asyncio.to_thread(
+                    _decode_and_frame,
+                    name,
+                    data,
+                    set(rate_of.values()),
+                    window_s=inf.window_s,
+                    hop_s=inf.hop_s,
+                    max_seconds=max_seconds,
+                    min_seconds=cfg.audio.min_seconds,
+                    silence_dbfs=cfg.audio.silence_dbfs,
+                )
+                for name, data in uploads
+            )
+        )
+    )
+    good = [d for d in decoded if d.audio is not None]
+    jobs = [(d, m) for d in good for m in active]
+    try:
+        outputs = await asyncio.gather(*(backend.score(m, d.windows[rate_of[m]]) for d, m in jobs))
+    except Exception as e:
+        log.exception("scoring failed")
+        raise ScoringError(f"model scoring failed: {type(e).__name__}: {e}") from e
+    n_labels = len(cfg.labels)
+    per_file: dict[int, dict[str, np.ndarray]] = {}
+    for (d, m), out in zip(jobs, outputs, strict=True):
+        arr = np.asarray(out, dtype=np.float32)
+        n_windows = len(d.starts) if d.starts is not None else 0
+        if arr.shape != (n_windows, n_labels):
+            raise ScoringError(
+                f"member {m!r} returned scores of shape {arr.shape}, expected {(n_windows, n_labels)}"
+            )
+        per_file.setdefault(id(d), {})[m] = arr
+    results: list[FileResult] = []
+    for d in decoded:
+        if d.audio is None or d.starts is None:
+            results.append(FileResult(file=d.name, error=d.error or "could not decode"))
+            continue
+        file_scores, fused = fuse_windows(per_file[id(d)], weights, aggregation)
+        results.append(
+            build_result(
+                d.name, d.audio, file_scores, fused, d.starts, cfg.label_codes, thresholds, inf.window_s
+            )
+        )
+    return results
