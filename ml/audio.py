@@ -76,6 +76,8 @@ class Audio:
 
 Source = bytes | bytearray | memoryview | str | Path | BinaryIO
 
+_BLOCK_SAMPLES = 1 << 20  # samples (frames x channels) read at once: 4 MB of float32
+
 
 def _open(source: Source) -> BinaryIO | str:
     if isinstance(source, bytes | bytearray | memoryview):
@@ -142,17 +144,13 @@ def decode(
                 raise TooLongAudioError(
                     f"{frames / rate:.1f} s is longer than the limit of {max_seconds:g} s"
                 )
-            data = f.read(dtype="float32", always_2d=True)  # (frames, channels)
+            wave = _read_mono(f, rate, channels, max_seconds)
     except AudioError:
         raise
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError) as e:
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError, EOFError, OverflowError) as e:
         raise UndecodableAudioError(f"not a readable audio file ({_short(e)})") from None
-    if data.shape[0] == 0:
+    if wave.shape[0] == 0:
         raise EmptyAudioError("the file contains no audio samples")
-    if not np.isfinite(data).all():
-        raise InvalidSamplesError("the audio contains NaN or infinite samples")
-    # Averaging channels keeps the level of correlated stereo and avoids clipping (sum would double it).
-    wave = data.mean(axis=1) if channels > 1 else data[:, 0]
     duration = wave.shape[0] / rate
     if max_seconds is not None and duration > max_seconds:
         raise TooLongAudioError(f"{duration:.1f} s is longer than the limit of {max_seconds:g} s")
@@ -172,12 +170,38 @@ def decode(
     )
 
 
+def _read_mono(f: sf.SoundFile, rate: int, channels: int, max_seconds: float | None) -> np.ndarray:
+    """Read block by block, down-mixing each block, so memory follows the real samples, never the header.
+
+    A forged header (FLAC/AIFF/CAF frame counts, huge channel counts) cannot make one allocation of its
+    claimed size, and a stream whose header tells no length is cut off as soon as it passes ``max_seconds``.
+    """
+    blocksize = max(256, _BLOCK_SAMPLES // channels)
+    limit = None if max_seconds is None else math.floor(max_seconds * rate) + 1
+    parts: list[np.ndarray] = []
+    total = 0
+    while True:
+        block = f.read(blocksize, dtype="float32", always_2d=True)  # (n, channels)
+        if block.shape[0] == 0:
+            break
+        if not np.isfinite(block).all():
+            raise InvalidSamplesError("the audio contains NaN or infinite samples")
+        # Averaging channels keeps the level of correlated stereo and avoids clipping (sum would double it).
+        parts.append(block.mean(axis=1, dtype=np.float32) if channels > 1 else block[:, 0].copy())
+        total += block.shape[0]
+        if limit is not None and total > limit:
+            raise TooLongAudioError(f"longer than the limit of {max_seconds:g} s")
+    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+
 def _short(e: BaseException) -> str:
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     # libsndfile says "Error opening <_io.BytesIO object at 0x…>: Format not recognised." — keep the reason,
     # never an object repr or a server-side path
     text = re.sub(r"^Error opening .*?:\s*", "", text)
     text = re.sub(r"<[^>]*object at 0x[0-9a-f]+>", "input", text)
+    if "not a regular file" in text:  # what libsndfile says of a cut-off MP3 stream read from memory
+        text = "truncated or corrupt stream"
     return text[:160].rstrip(".")
 
 

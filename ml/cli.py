@@ -105,10 +105,13 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate members and the fused ensemble on an IRMAS testing layout."""
+    from ml.ensemble import default_spec, resolve_spec
     from ml.evaluate import evaluate, format_table
 
     cfg = _cfg(args)
-    report = evaluate(cfg, data_root=Path(args.data) if args.data else None, members=args.models)
+    # "equal": equal weights and the fixed threshold — the baseline the fused spec is compared with
+    spec = default_spec(cfg) if args.spec == "equal" else resolve_spec(cfg)
+    report = evaluate(cfg, data_root=Path(args.data) if args.data else None, members=args.models, spec=spec)
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2))
     print(format_table(report) if args.format == "table" else json.dumps(report, indent=2))
@@ -215,6 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", help="members to evaluate (default: the spec's)")
     p.add_argument("--format", choices=["json", "table"], default="table")
     p.add_argument("--output", help="also write the JSON report here")
+    p.add_argument(
+        "--spec",
+        choices=["latest", "equal"],
+        default="latest",
+        help="the newest fused ensemble spec, or equal weights with the fixed threshold",
+    )
 
     p = add("predict", cmd_predict, "predict instruments in audio files")
     p.add_argument("files", nargs="+")

@@ -250,7 +250,8 @@ class ServeConfig(_Strict):
     max_batch_size: Annotated[int, Field(ge=1)] = 64
     batch_wait_timeout_s: Annotated[float, Field(ge=0)] = 0.01
     max_ongoing_requests: Annotated[int, Field(ge=1)] = 128
-    max_queued_requests: Annotated[int, Field(ge=-1)] = 256
+    max_queued_requests: Annotated[int, Field(ge=-1)] = 256  # per caller; beyond it: 503 + Retry-After
+    retry_after_s: Annotated[float, Field(ge=0)] = 1.0  # Retry-After of backpressure/unavailable 503s
     num_cpus: Annotated[float, Field(gt=0)] = 1.0
     num_gpus: Annotated[float, Field(ge=0)] = 0.25
     ingress_num_cpus: Annotated[float, Field(gt=0)] = 0.5

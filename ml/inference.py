@@ -138,6 +138,11 @@ class Predictor:
         self.hop_s = hop_s
         self.aggregation = aggregation
         self.batch_size = batch_size
+        # Fold models of a member share their front end's settings; when it has no learnt parameters the
+        # spectrogram is computed once per batch instead of once per fold model (most of a window's cost
+        # for small models).
+        fe_configs = {_front_end_key(m) for m in self.models}
+        self.shared_front_end = len(fe_configs) == 1 and None not in fe_configs
 
     @classmethod
     def from_checkpoints(
@@ -183,8 +188,13 @@ class Predictor:
         for a in range(0, x.shape[0], self.batch_size):
             xb = x[a : a + self.batch_size].to(self.device, non_blocking=True)
             acc = torch.zeros(xb.shape[0], len(self.labels), device=self.device)
-            for m in self.models:
-                acc += torch.sigmoid(m(xb).float())
+            if self.shared_front_end:
+                feats = self.models[0].front_end(xb)
+                for m in self.models:
+                    acc += torch.sigmoid(m.model(feats).float())
+            else:
+                for m in self.models:
+                    acc += torch.sigmoid(m(xb).float())
             out[a : a + xb.shape[0]] = (acc / len(self.models)).cpu().numpy()
         return out
 
@@ -201,6 +211,15 @@ class Predictor:
         scores = self.score_windows(np.concatenate(framed))
         splits = np.cumsum([len(f) for f in framed])[:-1]
         return list(np.split(scores, splits))
+
+
+def _front_end_key(model: Any) -> str | None:
+    """A hashable identity of a classifier's front end, or None when it cannot be shared (learnt weights)."""
+    fe = getattr(model, "front_end", None)
+    if fe is None or not hasattr(model, "model") or any(True for _ in fe.parameters()):
+        return None
+    config = getattr(fe, "config", None)
+    return None if config is None else config.model_dump_json()
 
 
 def member_dirs(runs_dir: str | Path, member: str) -> list[Path]:

@@ -367,8 +367,32 @@ class _Decoded:
     windows: dict[int, np.ndarray] = field(default_factory=dict)  # sample rate → (W, S)
 
 
+class MemberUnavailableError(RuntimeError):
+    """A backend cannot reach a member now: overloaded (queue full) or its replicas are gone.
+
+    Backends raise it after their own bounded retries; ``retry_after_s`` hints when to try again.
+    """
+
+    def __init__(self, member: str, reason: str, *, retry_after_s: float | None = None) -> None:
+        """Name the member and the reason."""
+        super().__init__(f"member {member!r} is unavailable: {reason}")
+        self.member = member
+        self.retry_after_s = retry_after_s
+
+
 class ScoringError(RuntimeError):
-    """A member failed to score (backend down, overloaded or broken); the whole request fails (503)."""
+    """A member failed to score (backend down, overloaded or broken); the whole request fails (503).
+
+    The message names the member; ``retry_after_s`` is set when the backend said when to retry.
+    """
+
+    def __init__(
+        self, message: str, *, member: str | None = None, retry_after_s: float | None = None
+    ) -> None:
+        """The message (naming the member), the member and an optional retry hint."""
+        super().__init__(message)
+        self.member = member
+        self.retry_after_s = retry_after_s
 
 
 def _decode_and_frame(
@@ -440,11 +464,22 @@ async def analyze(
     )
     good = [d for d in decoded if d.audio is not None]
     jobs = [(d, m) for d in good for m in active]
+
+    async def score(d: _Decoded, m: str) -> np.ndarray:
+        try:
+            return await backend.score(m, d.windows[rate_of[m]])
+        except MemberUnavailableError as e:
+            raise ScoringError(str(e), member=e.member, retry_after_s=e.retry_after_s) from e
+        except Exception as e:
+            log.exception("member %r failed to score", m)
+            raise ScoringError(f"member {m!r} failed to score: {type(e).__name__}: {e}", member=m) from e
+
+    tasks = [asyncio.ensure_future(score(d, m)) for d, m in jobs]
     try:
-        outputs = await asyncio.gather(*(backend.score(m, d.windows[rate_of[m]]) for d, m in jobs))
-    except Exception as e:
-        log.exception("scoring failed")
-        raise ScoringError(f"model scoring failed: {type(e).__name__}: {e}") from e
+        outputs = await asyncio.gather(*tasks)
+    finally:  # one member failed (or the request timed out): stop waiting for the others
+        for t in tasks:
+            t.cancel()
     n_labels = len(cfg.labels)
     per_file: dict[int, dict[str, np.ndarray]] = {}
     for (d, m), out in zip(jobs, outputs, strict=True):
@@ -452,7 +487,8 @@ async def analyze(
         n_windows = len(d.starts) if d.starts is not None else 0
         if arr.shape != (n_windows, n_labels):
             raise ScoringError(
-                f"member {m!r} returned scores of shape {arr.shape}, expected {(n_windows, n_labels)}"
+                f"member {m!r} returned scores of shape {arr.shape}, expected {(n_windows, n_labels)}",
+                member=m,
             )
         per_file.setdefault(id(d), {})[m] = arr
     results: list[FileResult] = []
