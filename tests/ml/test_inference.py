@@ -106,3 +106,18 @@ def test_pick_device_respects_scheduler():
     # a (logical) GPU assigned but no CUDA available → CPU fallback, never a crash
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert pick_device(["0"]).type == expected
+
+
+def test_fold_models_share_one_spectrogram_with_identical_scores(smoke_cfg):
+    from ml.models import build_classifier
+
+    models = []
+    for seed in (1, 2, 3):
+        torch.manual_seed(seed)
+        models.append(build_classifier(smoke_cfg, "res_genre").eval())
+    pred = Predictor("res_genre", models, smoke_cfg.label_codes, window_s=1.0, hop_s=1.0)
+    assert pred.shared_front_end
+    x = torch.randn(5, models[0].window_samples) * 0.1
+    with torch.inference_mode():
+        expected = torch.stack([torch.sigmoid(m(x)) for m in models]).mean(0).numpy()
+    np.testing.assert_allclose(pred.score_windows(x), expected, rtol=1e-5, atol=1e-6)
