@@ -174,12 +174,6 @@ def cmd_mlflow(args: argparse.Namespace) -> int:
     return subprocess.call(cmd)
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    """Run the benchmarks under bench/ (inference, training, accuracy)."""
-    cmd = [sys.executable, "-m", "bench.run", *(["--quick"] if args.quick else [])]
-    return subprocess.call(cmd)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `mpic`."""
     parser = argparse.ArgumentParser(
@@ -244,8 +238,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("mlflow", cmd_mlflow, "start the MLflow UI")
 
-    p = add("bench", cmd_bench, "run the benchmarks")
-    p.add_argument("--quick", action="store_true")
     return parser
 
 
