@@ -11,6 +11,7 @@ import io
 import math
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO
 
@@ -103,11 +104,41 @@ def rms_dbfs(wave: np.ndarray) -> float:
 
 
 def resample(wave: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
-    """Band-limited resampling (torchaudio's windowed-sinc) of a mono float32 wave."""
+    """Band-limited resampling (torchaudio's windowed-sinc) of a mono float32 wave.
+
+    torchaudio builds a sinc kernel of about ``new × orig`` elements after dividing both rates by their
+    gcd: nothing for 44.1/48/192 kHz, but 16 GB and half a minute for a WAV whose header says 44101 Hz.
+    Such odd ratios are approximated by the nearest one whose kernel fits :data:`MAX_RESAMPLE_KERNEL`
+    (a relative rate error below 1e-4: inaudible, and well within what the models tolerate).
+    """
     if orig_rate == new_rate:
         return np.ascontiguousarray(wave, dtype=np.float32)
+    orig, new = _bounded_ratio(int(orig_rate), int(new_rate))
     t = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
-    return taf.resample(t, orig_rate, new_rate).numpy()
+    return taf.resample(t, orig, new).numpy()
+
+
+MAX_RESAMPLE_KERNEL = 1 << 22  # elements (16 MB of float32)
+
+
+def _kernel_elements(orig: int, new: int) -> int:
+    g = math.gcd(orig, new)
+    o, n = orig // g, new // g
+    width = math.ceil(6 * o / (0.99 * min(o, n)))  # torchaudio's defaults: 6 zero crossings, rolloff 0.99
+    return n * (o + 2 * width)
+
+
+def _bounded_ratio(orig: int, new: int) -> tuple[int, int]:
+    """``(orig, new)`` itself, or the closest ratio of smaller terms whose resampling kernel is bounded."""
+    if _kernel_elements(orig, new) <= MAX_RESAMPLE_KERNEL:
+        return orig, new
+    limit = orig // math.gcd(orig, new)
+    while limit > 1:
+        limit //= 2
+        f = Fraction(new, orig).limit_denominator(limit)
+        if f.numerator >= 1 and _kernel_elements(f.denominator, f.numerator) <= MAX_RESAMPLE_KERNEL:
+            return f.denominator, f.numerator
+    return max(1, round(orig / new)), 1  # a ratio below 1e-6: decimate by the nearest integer
 
 
 def decode(

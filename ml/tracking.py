@@ -514,18 +514,22 @@ def log_fold(
 
     Idempotent: if a FINISHED run with the same (member, fold, fold_key) and checkpoint hash exists, its
     id is returned and nothing is logged (``created`` False). Unfinished runs of the same identity (a job
-    killed while logging) are marked FAILED; older FINISHED runs for other checkpoints are tagged
-    ``mpic.superseded``.
+    killed while logging: RUNNING, or FAILED by :func:`fail_orphaned_runs`) are marked FAILED and, once the
+    new run is complete, deleted (MLflow's soft delete; ``mlflow gc`` purges them); older FINISHED runs for
+    other checkpoints are tagged ``mpic.superseded``.
     """
     sha = file_sha256(model_path)
     existing = find_fold_run(cfg, member, fold, fold_key, sha)
     if existing is not None:
         return existing.run_id, False
+    half_written = []
     for run in _search(cfg, _fold_ident(member, fold, fold_key)):
         if run.info.status == "RUNNING":
             end_run(cfg, run.info.run_id, "FAILED")
         if run.info.status == "FINISHED":
             client(cfg).set_tag(run.info.run_id, TAG_SUPERSEDED, "true")
+        else:
+            half_written.append(run.info.run_id)
     tags = {
         TAG_MEMBER: member,
         TAG_FOLD: str(fold),
@@ -559,6 +563,8 @@ def log_fold(
         end_run(cfg, run_id, "FAILED")
         raise
     end_run(cfg, run_id, "FINISHED")
+    for stale in half_written:  # now that a complete run exists, earlier broken attempts go (soft delete)
+        client(cfg).delete_run(stale)
     return run_id, True
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
+import os
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from typing import Annotated, Any, Literal
 
 import torch
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
@@ -55,6 +58,7 @@ log = logging.getLogger("mpic.serve")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 API_KEY_HEADER = "X-API-Key"
+API_KEY_ENV = "MPIC_API_KEY"  # the key from the environment (a cluster secret) when serve.api_key is unset
 FORM_OVERHEAD_BYTES = 1 << 20  # multipart boundaries and text fields on top of the file bytes
 HEALTH_TIMEOUT_S = 10.0
 
@@ -213,6 +217,7 @@ class ApiState:
     backend: Backend
     fusion: FusionBox
     static_dir: Path
+    api_key: str | None = None
 
     @property
     def default_model(self) -> str:
@@ -233,7 +238,10 @@ _RESULT_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     413: {"model": ErrorResponse, "description": "too many files or too many bytes"},
     422: {"description": "invalid parameters (weights, threshold, format, no files)"},
-    503: {"model": ErrorResponse, "description": "a model backend failed or is overloaded"},
+    503: {
+        "model": ErrorResponse,
+        "description": "a member failed or is overloaded (the detail names it); retry after `Retry-After` s",
+    },
     504: {"model": ErrorResponse, "description": "the analysis took longer than the request timeout"},
 }
 
@@ -241,13 +249,13 @@ _RESULT_RESPONSES: dict[int | str, dict[str, Any]] = {
 _key_header = APIKeyHeader(
     name=API_KEY_HEADER,
     auto_error=False,
-    description="required when the server is configured with serve.api_key",
+    description=f"required when the server has a key (serve.api_key or ${API_KEY_ENV})",
 )
 
 
 def require_api_key(request: Request, key: Annotated[str | None, Depends(_key_header)]) -> None:
-    """Dependency: the ``X-API-Key`` header must match ``serve.api_key`` (401 otherwise)."""
-    expected = request.app.state.mpic.cfg.serve.api_key
+    """Dependency: the ``X-API-Key`` header must match ``serve.api_key`` / ``$MPIC_API_KEY`` (else 401)."""
+    expected = request.app.state.mpic.api_key
     if expected and not (key and secrets.compare_digest(key.encode(), expected.encode())):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -283,8 +291,13 @@ def create_api(
         raise ValueError("the backend serves no members")
     if fusion is None:
         fusion = FusionBox(fusion_from_spec(cfg, spec or resolve_spec(cfg), backend.members))
+    api_key = cfg.serve.api_key or os.environ.get(API_KEY_ENV) or None
     state = ApiState(
-        cfg=cfg, backend=backend, fusion=fusion, static_dir=Path(static_dir) if static_dir else STATIC_DIR
+        cfg=cfg,
+        backend=backend,
+        fusion=fusion,
+        static_dir=Path(static_dir) if static_dir else STATIC_DIR,
+        api_key=api_key,
     )
     limits = cfg.serve.limits
     app = FastAPI(
@@ -310,7 +323,7 @@ def create_api(
             expose_headers=["Content-Disposition"],
         )
 
-    protected = [Depends(require_api_key)] if cfg.serve.api_key else []
+    protected = [Depends(require_api_key)] if api_key else []
     body_limit = limits.max_upload_bytes + FORM_OVERHEAD_BYTES
 
     async def read_uploads(files: list[UploadFile]) -> list[tuple[str, bytes]]:
@@ -327,7 +340,8 @@ def create_api(
                 if total > limits.max_upload_bytes:
                     raise HTTPException(
                         status.HTTP_413_CONTENT_TOO_LARGE,
-                        f"uploads exceed the limit of {limits.max_upload_bytes} bytes",
+                        f"uploads exceed the limit of {limits.max_upload_bytes} bytes "
+                        f"(at file {sanitize_filename(f.filename)!r})",
                     )
                 chunks.append(chunk)
             out.append((sanitize_filename(f.filename), b"".join(chunks)))
@@ -352,7 +366,12 @@ def create_api(
                 status.HTTP_504_GATEWAY_TIMEOUT, f"analysis took longer than {limits.request_timeout_s:g} s"
             ) from None
         except ScoringError as e:
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(e)) from None
+            retry = e.retry_after_s if e.retry_after_s is not None else cfg.serve.retry_after_s
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE,
+                str(e),
+                headers={"Retry-After": str(max(0, math.ceil(retry)))},
+            ) from None
         used = {m: w for m, w in weights.items() if w > 0}
         total = sum(used.values())
         payload = results_payload(
@@ -522,6 +541,13 @@ def create_api(
     @app.exception_handler(WeightsError)
     async def _weights_error(_: Request, exc: WeightsError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default handler echoes every bad value ("input"): an upload sent as a text field (e.g. a
+        # part with an empty file name) would come back in the error. Say where and why, never the value.
+        errors = [{k: e[k] for k in ("type", "loc", "msg") if k in e} for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
 
     return app
 

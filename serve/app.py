@@ -143,8 +143,14 @@ def member_options(cfg: Config, member: str, *, has_gpu: bool) -> dict[str, Any]
         "autoscaling_config": _autoscaling(s.member_autoscaling.get(member, s.autoscaling)),
         "max_ongoing_requests": s.max_ongoing_requests,
         "max_queued_requests": s.max_queued_requests,
+        "backpressure_config": backpressure_config(cfg),
         "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus if has_gpu else 0},
     }
+
+
+def backpressure_config(cfg: Config) -> dict[str, Any]:
+    """What Serve answers when a caller's queue (``max_queued_requests``) is full: 503 + ``Retry-After``."""
+    return {"status_code": 503, "retry_after_s": cfg.serve.retry_after_s}
 
 
 def served_members(spec: EnsembleSpec, subset: Sequence[str] | None = None) -> list[str]:
@@ -180,6 +186,7 @@ def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
         autoscaling_config=_autoscaling(cfg.serve.autoscaling),
         max_ongoing_requests=cfg.serve.max_ongoing_requests,
         max_queued_requests=cfg.serve.max_queued_requests,
+        backpressure_config=backpressure_config(cfg),
         ray_actor_options={"num_cpus": cfg.serve.ingress_num_cpus},
         user_config=dict(a.fusion or {}),
     )
@@ -353,10 +360,12 @@ def run_local(
     waits for Ctrl-C, then shuts Serve down.
     """
     if not ray.is_initialized():
+        local: dict[str, Any] = {} if cfg.ray.address else {"dashboard_host": cfg.ray.dashboard_host}
         ray.init(
             address=cfg.ray.address,
             num_cpus=None if cfg.ray.num_cpus is None else int(cfg.ray.num_cpus),
             num_gpus=None if cfg.ray.num_gpus is None else int(cfg.ray.num_gpus),
+            **local,
         )
     host = host or cfg.serve.host
     port = port or cfg.serve.port

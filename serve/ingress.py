@@ -8,27 +8,54 @@ running replicas and requests already in flight finish with the settings they st
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI
 from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from ml.config import Config
 from ml.ensemble import EnsembleSpec
-from ml.service import FusionBox, apply_fusion_update, config_sample_rate, fusion_from_spec
+from ml.service import (
+    FusionBox,
+    MemberUnavailableError,
+    apply_fusion_update,
+    config_sample_rate,
+    fusion_from_spec,
+)
 from serve.api import create_api
+
+log = logging.getLogger("mpic.serve")
+
+# A replica that dies with requests in flight (crash, OOM kill, node loss) fails those requests with an actor
+# error; they are sent again (to another replica, or to the replacement Serve starts) this many times.
+RETRIES = 2
+RETRY_BACKOFF_S = 0.5
 
 
 class ServeBackend:
-    """:class:`ml.service.Backend` over member deployment handles."""
+    """:class:`ml.service.Backend` over member deployment handles.
 
-    def __init__(self, cfg: Config, handles: Mapping[str, DeploymentHandle]) -> None:
+    Requests that die with their replica are retried (``RETRIES``, with backoff); the request timeout of the
+    API bounds the whole. Backpressure (the member's queue is full) and a member still down after the retries
+    become :class:`~ml.service.MemberUnavailableError` naming the member, which the API answers with 503 and
+    ``Retry-After``.
+    """
+
+    def __init__(
+        self, cfg: Config, handles: Mapping[str, DeploymentHandle], *, retries: int = RETRIES
+    ) -> None:
         """Wrap one handle per served member (sample rates come from the configured front ends)."""
         self.handles = dict(handles)
         self.members = list(self.handles)
+        self.retries = retries
+        self.retry_after_s = cfg.serve.retry_after_s
         self._rates = {m: config_sample_rate(cfg, m) for m in self.members}
 
     def sample_rate(self, member: str) -> int:
@@ -37,8 +64,27 @@ class ServeBackend:
 
     async def score(self, member: str, windows: np.ndarray) -> np.ndarray:
         """One song's windows to the member deployment (batched there with concurrent songs)."""
-        result: np.ndarray = await self.handles[member].score.remote(windows)
-        return result
+        for attempt in range(self.retries + 1):
+            try:
+                result: np.ndarray = await self.handles[member].score.remote(windows)
+                return result
+            except BackPressureError as e:
+                retry = e.retry_after_s if e.retry_after_s is not None else self.retry_after_s
+                raise MemberUnavailableError(member, f"overloaded ({e})", retry_after_s=retry) from e
+            except DeploymentUnavailableError as e:
+                raise MemberUnavailableError(
+                    member, f"deployment unavailable ({e})", retry_after_s=self.retry_after_s
+                ) from e
+            except RayActorError as e:
+                if attempt == self.retries:
+                    raise MemberUnavailableError(
+                        member,
+                        f"its replica died and {self.retries} retries failed ({type(e).__name__})",
+                        retry_after_s=self.retry_after_s,
+                    ) from e
+                log.warning("member %r: replica lost (%s), retry %d", member, type(e).__name__, attempt + 1)
+                await asyncio.sleep(RETRY_BACKOFF_S * (attempt + 1))
+        raise AssertionError("unreachable")
 
     async def health(self, member: str) -> dict[str, Any]:
         """Info from one replica of the member."""

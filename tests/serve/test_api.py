@@ -152,9 +152,10 @@ def test_multi_model_matches_in_process_ensemble(
         assert [s["start_s"] for s in got["segments"]] == [s["start_s"] for s in e["segments"]]
         assert got["instruments"] == [c for c in api_cfg.label_codes if got["scores"][c] >= 0.5]
         assert got["silent"] is False
-    # segments: 1-s windows every 0.5 s, the last aligned to the end
+    # segments: 1-s windows every hop_s, the last aligned to the end
     flac = by_file(body)["tones.flac"]
-    assert [s["start_s"] for s in flac["segments"]] == [0.0, 0.5, 0.7]
+    expected_starts = {0.5: [0.0, 0.5, 0.7], 1.0: [0.0, 0.7]}[api_cfg.inference.hop_s]
+    assert [s["start_s"] for s in flac["segments"]] == expected_starts
     assert flac["segments"][-1]["end_s"] == pytest.approx(1.7, abs=1e-3)
     assert by_file(body)["short.wav"]["segments"][0]["end_s"] == pytest.approx(0.4, abs=1e-3)
 
