@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,9 +114,3 @@ def percentile(values: list[float], q: float) -> float:
 def long_faults() -> bool:
     """Whether the long fault drills were asked for (``MPIC_LONG_FAULTS=1``)."""
     return os.environ.get(LONG_FAULTS_ENV, "") not in ("", "0")
-
-
-@pytest.fixture(scope="session")
-def reliability_reports() -> Iterator[Path]:
-    REPORT_DIR.mkdir(parents=True, exist_ok=True)
-    yield REPORT_DIR

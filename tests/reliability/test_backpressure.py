@@ -15,7 +15,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import numpy as np
@@ -146,7 +146,7 @@ def test_serve_backend_retries_lost_replicas_and_maps_backpressure(
     w = np.zeros((2, 22050), np.float32)
 
     def backend(**handles: FakeHandle) -> Any:
-        return ingress.ServeBackend(api_cfg, handles)
+        return ingress.ServeBackend(api_cfg, cast(Any, handles))
 
     # a replica died with the request in flight: sent again, and it works
     h = FakeHandle(ActorDiedError(), ActorUnavailableError("gone", None), ok)
