@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 import numpy as np
 
@@ -292,14 +293,7 @@ class Manifest:
         Raises:
             ManifestError: If the mapping names a path that is not in the manifest.
         """
-        known = {rec.path for rec in self.records}
-        unknown = sorted(set(mapping) - known)
-        if unknown:
-            raise ManifestError(f"fold mapping names {len(unknown)} unknown path(s), e.g. {unknown[:3]}")
-        return Manifest(
-            self.root,
-            [replace(rec, fold=mapping[rec.path]) if rec.path in mapping else rec for rec in self.records],
-        )
+        return self._with_field("fold", mapping)
 
     def with_tempi(self, mapping: Mapping[str, float | None]) -> Manifest:
         """Set tempi (BPM) from a ``path -> tempo`` mapping; other records keep theirs.
@@ -313,14 +307,16 @@ class Manifest:
         Raises:
             ManifestError: If the mapping names a path that is not in the manifest.
         """
+        return self._with_field("tempo", mapping)
+
+    def _with_field(self, name: str, mapping: Mapping[str, Any]) -> Manifest:
+        """A new manifest with field ``name`` set per record path; unknown paths are an error."""
         known = {rec.path for rec in self.records}
         unknown = sorted(set(mapping) - known)
         if unknown:
-            raise ManifestError(f"tempo mapping names {len(unknown)} unknown path(s), e.g. {unknown[:3]}")
-        return Manifest(
-            self.root,
-            [replace(rec, tempo=mapping[rec.path]) if rec.path in mapping else rec for rec in self.records],
-        )
+            raise ManifestError(f"{name} mapping names {len(unknown)} unknown path(s), e.g. {unknown[:3]}")
+        records = [replace(rec, **{name: mapping[rec.path]}) if rec.path in mapping else rec for rec in self.records]
+        return Manifest(self.root, records)
 
     # ------------------------------------------------------------------ I/O
     def write(self, path: Path | str) -> None:
