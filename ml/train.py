@@ -381,8 +381,11 @@ def fit(
         ),
     )
     # Out-of-fold window scores at the serving window/hop: the fusion search aggregates them itself.
-    model_eval = build_classifier(cfg, member).to(device)
-    model_eval.load_state_dict(model.state_dict())
+    # The trained network already fits serving windows unless it was built for another crop length.
+    model_eval = model
+    if tc.crop_s != cfg.inference.window_s:
+        model_eval = build_classifier(cfg, member).to(device)
+        model_eval.load_state_dict(model.state_dict())
     windows, owner = _clip_windows(data.store, val_idx, cfg.inference.window_s, cfg.inference.hop_s)
     probs = 1.0 / (1.0 + np.exp(-_score(model_eval, windows, device, cfg.inference.batch_size)))
     oof_path = save_oof(
