@@ -171,6 +171,9 @@ class TrainConfig(_Strict):
     min_lr: Annotated[float, Field(ge=0)] = 1e-6
     crop_s: Annotated[float, Field(gt=0)] = 1.0
     steps_per_epoch: Annotated[int, Field(ge=1)] | None = None
+    # Stop once this many seconds went into training steps (validation not counted): equal-budget
+    # comparisons of recipes whose steps cost very different amounts (bench/accuracy.py).
+    time_budget_s: Annotated[float, Field(gt=0)] | None = None
     val_windows_hop_s: Annotated[float, Field(gt=0)] = 1.0
     amp: bool = True
     seed: int = 0

@@ -291,14 +291,22 @@ def fit(
         history = [dict(h) for h in json.loads(st["history"])]
 
     train_t = torch.from_numpy(train_idx)
+    spent = sum(h.get("train_s", 0.0) for h in history)  # training-step seconds so far (for time_budget_s)
     for epoch in range(start_epoch, tc.epochs):
         net.train()
         augmenter.train()
         t_epoch = time.perf_counter()
         t_data = 0.0
         loss_sum = 0.0
+        steps_done = 0
         perm = train_t[torch.randperm(len(train_t), generator=gen)][rank::world]
         for step in range(steps):
+            if (
+                tc.time_budget_s is not None
+                and steps_done
+                and spent + time.perf_counter() - t_epoch >= tc.time_budget_s
+            ):
+                break
             t0 = time.perf_counter()
             a = (step * tc.batch_size) % len(perm)
             idx = perm[a : a + tc.batch_size]
@@ -322,9 +330,12 @@ def fit(
             scaler.step(opt)
             scaler.update()
             loss_sum += float(loss.detach())
+            steps_done += 1
         if device.type == "cuda":
             torch.cuda.synchronize()
         train_time = time.perf_counter() - t_epoch
+        spent += train_time
+        out_of_time = tc.time_budget_s is not None and spent >= tc.time_budget_s
         val, _ = _validate(model, data, val_idx, cfg, device, tc.val_windows_hop_s)
         # lower is better: the loss as is, scores (LRAP, F1) negated
         score = val[tc.monitor] if tc.monitor == "val_loss" else -val[tc.monitor]
@@ -337,15 +348,17 @@ def fit(
             bad_epochs += 1
         row = {
             "epoch": float(epoch),
-            "train_loss": loss_sum / steps,
+            "train_loss": loss_sum / steps_done,
             **val,
             "lr": float(opt.param_groups[0]["lr"]),
-            "samples_per_s": steps * tc.batch_size / train_time,
+            "samples_per_s": steps_done * tc.batch_size / train_time,
             "data_share": t_data / train_time,
+            "train_s": train_time,
+            "samples": float(steps_done * tc.batch_size),
             "best_score": abs(best_loss),
         }
         history.append(row)
-        stop = bad_epochs >= tc.early_stopping_patience or epoch == tc.epochs - 1
+        stop = bad_epochs >= tc.early_stopping_patience or epoch == tc.epochs - 1 or out_of_time
         with tempfile.TemporaryDirectory(prefix="mpic-ckpt-") as tmp:
             torch.save(
                 {

@@ -64,3 +64,17 @@ def test_unknown_member_and_bad_fold(smoke_cfg, data, tmp_path):
         fit(smoke_cfg, "nope", 0, out_dir=tmp_path, data=data)
     with pytest.raises(ValueError, match="fold 9"):
         fit(smoke_cfg, "res_genre", 9, out_dir=tmp_path, data=data)
+
+
+def test_time_budget_stops_training_by_step_seconds(smoke_cfg, data, tmp_path):
+    # A budget far below one step: every epoch would allow more steps, but the run stops after the first
+    # step of the first epoch (at least one step always runs) instead of training all 50 epochs.
+    tc = smoke_cfg.train.model_copy(update={"epochs": 50, "steps_per_epoch": 4, "time_budget_s": 1e-3})
+    cfg = smoke_cfg.model_copy(update={"train": tc})
+    hooks = LocalHooks(tmp_path / "work")
+    r = fit(cfg, "res_genre", 0, out_dir=tmp_path / "out", hooks=hooks, data=data)
+    assert r.epochs_run == 1
+    row = hooks.history[0]
+    assert row["samples"] == tc.batch_size  # one step of the four
+    assert 0 < row["train_s"] and np.isfinite(row["samples_per_s"])
+    assert r.model_path.is_file() and r.oof_path.is_file()
