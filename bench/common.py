@@ -91,7 +91,11 @@ def _gpus() -> list[str]:
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=PROJECT_DIR, capture_output=True, text=True, timeout=5
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
+            timeout=5,
         )
         dirty = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
@@ -100,14 +104,16 @@ def _git_commit() -> str | None:
             text=True,
             timeout=5,
         )
-        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else None
+        return (
+            out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else None
+        )
     except (OSError, subprocess.SubprocessError):
         return None
 
 
 def machine_info() -> dict[str, Any]:
     """CPU model, cores (logical and usable), memory, GPUs, OS, Python and package versions, commit."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for pkg in PACKAGES:
         try:
             versions[pkg] = metadata.version(pkg)
@@ -128,7 +134,7 @@ def machine_info() -> dict[str, Any]:
 
 
 def write_result(name: str, result: dict[str, Any], markdown: str, *, quick: bool) -> Path:
-    """Write ``results/<name>.json`` (result + machine + time) and the report fragment ``results/<name>.md``."""
+    """Write ``results/<name>.json`` (result, machine, time) and the fragment ``results/<name>.md``."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     doc = {
         "benchmark": name,
@@ -202,3 +208,10 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def derive(cfg: Config, overrides: Sequence[str]) -> Config:
+    """``cfg`` with ``--set``-style overrides applied (validated again; relative paths → the project)."""
+    from ml.config import config_from_dict
+
+    return config_from_dict(cfg.snapshot(), overrides=list(overrides), base_dir=PROJECT_DIR)
