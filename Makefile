@@ -12,7 +12,7 @@ ARGS ?=
 APT_PACKAGES := libsndfile1 libfluidsynth3 fluid-soundfont-gm chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup system-deps test test-fast lint format run data train fuse evaluate serve mlflow clean
+.PHONY: help setup system-deps test test-fast lint format run data train fuse evaluate serve mlflow bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -40,12 +40,12 @@ test-fast: ## tests without Ray, Serve or the browser (seconds)
 
 lint: ## ruff + mypy
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check ml serve ray_jobs
-	$(VENV)/bin/mypy ml serve ray_jobs
+	$(VENV)/bin/ruff format --check ml serve ray_jobs bench
+	$(VENV)/bin/mypy ml serve ray_jobs bench
 
 format: ## apply ruff's formatting and fixes
 	$(VENV)/bin/ruff check --fix .
-	$(VENV)/bin/ruff format ml serve ray_jobs tests
+	$(VENV)/bin/ruff format ml serve ray_jobs bench tests
 
 data: setup ## render the demo data set (once)
 	@if [ -d "$$($(PY) -c 'from ml.config import load_config; print(load_config(profile="$(PROFILE)").data.root)')/IRMAS-TrainingData" ]; then \
@@ -66,6 +66,9 @@ serve: setup ## serve the ensemble: API + web page on http://127.0.0.1:8080
 run: setup data train fuse ## install, build demo data, train, fuse and serve (the newcomer's command)
 	$(MPIC) evaluate --profile $(PROFILE)
 	$(MPIC) serve --profile $(PROFILE)
+
+bench: setup ## benchmarks → bench/results/*.json + docs/benchmarks.md (~30 min on 2 cores; ARGS=--quick: ~5)
+	$(PY) -m bench $(ARGS)
 
 mlflow: setup ## MLflow UI on http://127.0.0.1:5000 (SQL store)
 	$(MPIC) mlflow --profile $(PROFILE)
