@@ -174,6 +174,10 @@ class TrainConfig(_Strict):
     # Stop once this many seconds went into training steps (validation not counted): equal-budget
     # comparisons of recipes whose steps cost very different amounts (bench/accuracy.py).
     time_budget_s: Annotated[float, Field(gt=0)] | None = None
+    # Out-of-fold predictions also cover this many multi-instrument mixtures per held-out clip (2-3
+    # held-out clips with disjoint labels), so thresholds fitted on them expect polyphonic test music
+    # rather than the single-instrument training clips alone. 0: single clips only.
+    oof_mixtures: Annotated[int, Field(ge=0, le=8)] = 1
     val_windows_hop_s: Annotated[float, Field(gt=0)] = 1.0
     amp: bool = True
     seed: int = 0

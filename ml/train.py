@@ -156,14 +156,84 @@ def _clip_windows(
     store: ClipStore, idx: np.ndarray, window_s: float, hop_s: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """All windows of clips ``idx`` → (windows (W, S), owner clip position (W,))."""
-    sr = store.sample_rate
+    return _wave_windows([store.clip(int(i)) for i in idx], store.sample_rate, window_s, hop_s)
+
+
+def _wave_windows(
+    waves: list[np.ndarray], sr: int, window_s: float, hop_s: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """All windows of ``waves`` → (windows (W, S), owner wave position (W,))."""
     chunks, owner = [], []
-    for j, i in enumerate(idx):
-        wave = store.clip(int(i))
+    for j, wave in enumerate(waves):
         starts = window_starts(len(wave) / sr, window_s, hop_s)
         chunks.append(frame_windows(wave, sr, starts, window_s))
         owner.append(np.full(len(starts), j))
     return np.concatenate(chunks), np.concatenate(owner)
+
+
+MIX_PREFIX = "mix"
+
+
+def heldout_mixtures(
+    store: ClipStore,
+    targets: np.ndarray,
+    idx: np.ndarray,
+    paths: list[str],
+    *,
+    per_clip: int,
+    seed: int,
+    max_partners: int = 2,
+    partner_gain_db: tuple[float, float] = (-6.0, 0.0),
+) -> tuple[list[np.ndarray], np.ndarray, list[str]]:
+    """Polyphonic examples built only from held-out clips: each clip mixed with 1–``max_partners`` others.
+
+    Partners are held-out clips whose labels are disjoint from the mixture's so far; each part is
+    RMS-normalised, partners sit ``partner_gain_db`` below the lead clip (the IRMAS test excerpts have one
+    predominant instrument and quieter others). The choice depends only on the clips' labels and
+    ``seed``, so members at different sample rates get the same mixtures (their OOF rows align by name).
+
+    Args:
+        store: The decoded clips.
+        targets: (N, C) multi-hot labels of every clip in ``store``.
+        idx: Held-out clip indices.
+        paths: Their manifest paths (``paths[j]`` belongs to ``idx[j]``), used to name the mixtures.
+        per_clip: Mixtures led by each held-out clip.
+        seed: RNG seed (derive it from the fold).
+        max_partners: At most this many clips join the lead clip.
+        partner_gain_db: Range of the partners' level relative to the lead (dB).
+
+    Returns:
+        (waves, (M, C) labels, names ``mix<r>:<lead>+<partner>…``).
+    """
+    rng = np.random.default_rng(seed)
+    held = targets[idx] > 0
+    waves: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    names: list[str] = []
+    for j in range(len(idx)):
+        for r in range(per_clip):
+            labels = held[j].copy()
+            parts = [j]
+            for _ in range(int(rng.integers(1, max_partners + 1))):
+                free = np.flatnonzero(~(held & labels).any(axis=1))
+                if len(free) == 0:
+                    break
+                c = int(free[rng.integers(len(free))])
+                parts.append(c)
+                labels |= held[c]
+            if len(parts) == 1:
+                continue
+            lead = store.clip(int(idx[j])).astype(np.float32)
+            mix = np.zeros_like(lead)
+            for k, c in enumerate(parts):
+                w = lead if k == 0 else np.resize(store.clip(int(idx[c])).astype(np.float32), len(lead))
+                gain = 1.0 if k == 0 else 10 ** (rng.uniform(*partner_gain_db) / 20)
+                mix += gain * w / (np.sqrt(np.mean(w**2)) + 1e-8)
+            waves.append(mix / (np.abs(mix).max() + 1e-8))
+            ys.append(labels.astype(np.float32))
+            names.append(f"{MIX_PREFIX}{r}:" + "+".join(paths[c] for c in parts))
+    n_labels = targets.shape[1]
+    return waves, (np.stack(ys) if ys else np.zeros((0, n_labels), np.float32)), names
 
 
 @torch.inference_mode()
@@ -355,6 +425,7 @@ def fit(
             "data_share": t_data / train_time,
             "train_s": train_time,
             "samples": float(steps_done * tc.batch_size),
+            "torch_threads": float(torch.get_num_threads()),
             "best_score": abs(best_loss),
         }
         history.append(row)
@@ -399,12 +470,23 @@ def fit(
     if tc.crop_s != cfg.inference.window_s:
         model_eval = build_classifier(cfg, member).to(device)
         model_eval.load_state_dict(model.state_dict())
-    windows, owner = _clip_windows(data.store, val_idx, cfg.inference.window_s, cfg.inference.hop_s)
+    window_s, hop_s = cfg.inference.window_s, cfg.inference.hop_s
+    windows, owner = _clip_windows(data.store, val_idx, window_s, hop_s)
+    oof_paths = [data.manifest.records[i].path for i in val_idx]
+    y_oof = data.targets[val_idx]
+    if tc.oof_mixtures:
+        mixes, y_mix, mix_names = heldout_mixtures(
+            data.store, data.targets, val_idx, oof_paths, per_clip=tc.oof_mixtures, seed=tc.seed * 1000 + fold
+        )
+        if mixes:
+            mw, mo = _wave_windows(mixes, sr, window_s, hop_s)
+            windows, owner = np.concatenate([windows, mw]), np.concatenate([owner, mo + len(val_idx)])
+            oof_paths, y_oof = oof_paths + mix_names, np.concatenate([y_oof, y_mix])
     probs = 1.0 / (1.0 + np.exp(-_score(model_eval, windows, device, cfg.inference.batch_size)))
     oof_path = save_oof(
         out_dir / OOF_FILE,
-        paths=[data.manifest.records[i].path for i in val_idx],
-        y_true=data.targets[val_idx],
+        paths=oof_paths,
+        y_true=y_oof,
         window_scores=probs.astype(np.float32),
         owner=owner,
         labels=cfg.label_codes,

@@ -7,7 +7,7 @@ import pytest
 
 from ml.checkpoint import load_classifier
 from ml.inference import Predictor
-from ml.train import LocalHooks, fit, load_oof, load_train_data
+from ml.train import MIX_PREFIX, LocalHooks, fit, heldout_mixtures, load_oof, load_train_data
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +46,14 @@ def test_fit_writes_checkpoint_and_oof_and_resumes(smoke_cfg, data, tmp_path):
     pred = Predictor.from_checkpoints([r.model_path], hop_s=0.5)
     scores = pred.score_waves([data.store.clip(0)])[0]
     assert scores.shape[1] == len(smoke_cfg.labels) and ((scores >= 0) & (scores <= 1)).all()
-    # OOF covers exactly the held-out fold
+    # OOF covers exactly the held-out fold, plus polyphonic mixtures made only of held-out clips
     oof = load_oof([r.oof_path])
     held_out = {data.manifest.records[i].path for i in np.flatnonzero(data.folds == 0)}
-    assert set(oof.paths) == held_out
+    singles = [p for p in oof.paths if not p.startswith(MIX_PREFIX)]
+    assert set(singles) == held_out
+    mixes = [j for j, p in enumerate(oof.paths) if p.startswith(MIX_PREFIX)]
+    assert mixes and all(set(oof.paths[j].split(":", 1)[1].split("+")) <= held_out for j in mixes)
+    assert (oof.y_true[mixes].sum(1) >= 2).all()
     assert all(len(w) >= 1 for w in oof.windows)
 
     # resume: one more epoch continues from the saved state (epoch 2), not from scratch
@@ -76,5 +80,23 @@ def test_time_budget_stops_training_by_step_seconds(smoke_cfg, data, tmp_path):
     assert r.epochs_run == 1
     row = hooks.history[0]
     assert row["samples"] == tc.batch_size  # one step of the four
-    assert 0 < row["train_s"] and np.isfinite(row["samples_per_s"])
+    assert row["train_s"] > 0 and np.isfinite(row["samples_per_s"])
     assert r.model_path.is_file() and r.oof_path.is_file()
+
+
+def test_heldout_mixtures_have_disjoint_parts_and_are_deterministic(smoke_cfg, data):
+    _, val = data.split(0)
+    paths = [data.manifest.records[i].path for i in val]
+    waves, y, names = heldout_mixtures(data.store, data.targets, val, paths, per_clip=2, seed=3)
+    again = heldout_mixtures(data.store, data.targets, val, paths, per_clip=2, seed=3)
+    assert names == again[2] and all(np.array_equal(a, b) for a, b in zip(waves, again[0], strict=True))
+    assert 0 < len(waves) <= 2 * len(val) and y.shape == (len(waves), len(smoke_cfg.labels))
+    by_path = {p: data.targets[i] for p, i in zip(paths, val, strict=True)}
+    for wave, labels, name in zip(waves, y, names, strict=True):
+        parts = name.split(":", 1)[1].split("+")
+        assert 2 <= len(parts) <= 3 and parts[0] in by_path
+        part_labels = np.stack([by_path[p] for p in parts])
+        assert (part_labels.sum(0) <= 1).all()  # parts never share an instrument
+        np.testing.assert_array_equal(labels, part_labels.max(0))
+        assert len(wave) == data.store.clip(int(val[paths.index(parts[0])])).shape[0]
+        assert np.isfinite(wave).all() and 0 < np.abs(wave).max() <= 1.0 + 1e-6
