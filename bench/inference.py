@@ -65,10 +65,11 @@ class Plan:
     settle_max_s: float  # … and until every client finished a request, at most this long
     measure_s: float  # the measurement window of one point
     limit_again: bool  # re-measure the fused limit after the HTTP load (noise estimate)
+    quick_limit: bool  # fewer limit rows
 
 
-FULL = Plan(6.0, SONG_SECONDS, CLIENTS, 3.0, 45.0, 18.0, True)
-QUICK = Plan(2.0, QUICK_SONG_SECONDS, QUICK_CLIENTS, 2.0, 6.0, 6.0, False)
+FULL = Plan(6.0, SONG_SECONDS, CLIENTS, 3.0, 45.0, 18.0, True, False)
+QUICK = Plan(1.5, QUICK_SONG_SECONDS, QUICK_CLIENTS, 2.0, 6.0, 6.0, False, True)
 
 
 # ---- synthetic songs -----------------------------------------------------------------------------------
@@ -170,14 +171,19 @@ def with_runs_dir(cfg: Config, runs_dir: Path) -> Config:
 # ---- the limit: in-process, no HTTP, no Ray ------------------------------------------------------------
 
 
-def _repeat(fn: Callable[[], Any], seconds: float) -> tuple[int, float]:
-    """Call ``fn`` (once to warm up) then until ``seconds`` have passed, at least once; ``(calls, wall)``."""
+def _repeat(
+    fn: Callable[[], Any], seconds: float, clock: Callable[[], float] = time.process_time
+) -> tuple[int, float, float]:
+    """Call ``fn`` (once to warm up) then until ``seconds`` have passed, at least once.
+
+    Returns ``(calls, wall_s, cpu_s)``; ``cpu_s`` by ``clock`` (this process's CPU time, all threads).
+    """
     fn()  # warm-up
-    n, t0 = 0, time.perf_counter()
+    n, t0, c0 = 0, time.perf_counter(), clock()
     while n < 1 or time.perf_counter() - t0 < seconds:
         fn()
         n += 1
-    return n, time.perf_counter() - t0
+    return n, time.perf_counter() - t0, clock() - c0
 
 
 def audio_seconds_per_s(windows: int, hop_s: float, calls: int, wall_s: float) -> float:
@@ -185,20 +191,35 @@ def audio_seconds_per_s(windows: int, hop_s: float, calls: int, wall_s: float) -
     return windows * hop_s * calls / wall_s if wall_s > 0 else 0.0
 
 
+def _usable_cores() -> int:
+    return int(common.machine_info()["usable_cores"] or os.cpu_count() or 1)
+
+
 def measure_limit(
     cfg: Config,
     *,
     device: str,
     seconds: float,
+    threads: int | None = None,
     batch_size: int | None = None,
+    members: bool = True,
+    concurrent: bool = False,
     predict_song_s: float | None = None,
 ) -> dict[str, Any]:
-    """Per-member and fused window throughput on ``device``; optionally predict() on WAV bytes."""
+    """Per-member and fused window throughput on ``device``; optionally predict() on WAV bytes.
+
+    ``threads`` sets torch's intra-op threads (process-wide). Fused scoring runs the members one after the
+    other (as :class:`EnsemblePredictor`), or with ``concurrent`` each member in its own Python thread at
+    the same time (torch releases the GIL), the way Serve runs members in separate replicas; its fused rate
+    is then the slowest member's.
+    """
     import torch
 
     from ml.audio import resample
     from ml.inference import load_ensemble
 
+    if threads is not None:
+        torch.set_num_threads(threads)
     ens = load_ensemble(cfg, device=device)
     if batch_size is not None:
         for p in ens.predictors.values():
@@ -212,6 +233,7 @@ def measure_limit(
         _, w = p.windows_for(resample(wave, SONG_RATE, p.sample_rate))
         w = w[:n_windows]
         windows[m] = torch.from_numpy(w).to(device) if device != "cpu" else w
+    active = [m for m in ens.predictors if ens.weights.get(m, 0.0) > 0]
 
     def sync() -> None:
         if device != "cpu":
@@ -225,48 +247,113 @@ def measure_limit(
         return call
 
     rows: dict[str, Any] = {}
-    for m in ens.predictors:
-        calls, wall = _repeat(one(m), seconds)
-        rows[m] = {"audio_s_per_s": audio_seconds_per_s(n_windows, hop, calls, wall), "calls": calls}
-
-    def fused() -> None:
+    if members:
         for m in ens.predictors:
-            if ens.weights.get(m, 0.0) > 0:
-                ens.predictors[m].score_windows(windows[m])
-        sync()
+            calls, wall, cpu = _repeat(one(m), seconds)
+            rows[m] = {
+                "audio_s_per_s": audio_seconds_per_s(n_windows, hop, calls, wall),
+                "cpu_s_per_audio_s": cpu / (n_windows * hop * calls),
+                "calls": calls,
+            }
 
-    calls, wall = _repeat(fused, seconds)
+    if concurrent:
+        counts: dict[str, tuple[int, float, float]] = {}
+
+        def worker(m: str) -> None:
+            counts[m] = _repeat(one(m), seconds, clock=time.thread_time)
+
+        workers = [threading.Thread(target=worker, args=(m,)) for m in active]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+        rates = {m: audio_seconds_per_s(n_windows, hop, c, w) for m, (c, w, _) in counts.items()}
+        fused_row: dict[str, Any] = {
+            "audio_s_per_s": min(rates.values()),
+            "cpu_s_per_audio_s": sum(cpu / (n_windows * hop * c) for c, _, cpu in counts.values()),
+            "members_concurrent": rates,
+        }
+    else:
+
+        def fused() -> None:
+            for m in active:
+                ens.predictors[m].score_windows(windows[m])
+            sync()
+
+        calls, wall, cpu = _repeat(fused, seconds)
+        fused_row = {
+            "audio_s_per_s": audio_seconds_per_s(n_windows, hop, calls, wall),
+            "cpu_s_per_audio_s": cpu / (n_windows * hop * calls),
+            "calls": calls,
+        }
     out: dict[str, Any] = {
         "device": device,
+        "settings": {"threads": threads, "batch_size": batch_size, "concurrent": concurrent},
+        "torch_threads": torch.get_num_threads(),
+        "concurrent_members": concurrent,
         "batch_size": bs,
         "windows_per_call": n_windows,
         "members": rows,
-        "fused": {"audio_s_per_s": audio_seconds_per_s(n_windows, hop, calls, wall), "calls": calls},
+        "fused": fused_row,
     }
     if predict_song_s:
         secs = predict_song_s
         data = wav_bytes(song(secs, seed=2))
-        calls, wall = _repeat(lambda: ens.predict([("song.wav", data)]), seconds)
-        out["predict_wav"] = {"song_s": secs, "audio_s_per_s": secs * calls / wall, "calls": calls}
+        calls, wall, cpu = _repeat(lambda: ens.predict([("song.wav", data)]), seconds)
+        out["predict_wav"] = {
+            "song_s": secs,
+            "audio_s_per_s": secs * calls / wall,
+            "cpu_s_per_audio_s": cpu / (secs * calls),
+            "calls": calls,
+        }
     return out
 
 
 def limit_section(cfg: Config, plan: Plan) -> dict[str, Any]:
-    """The limit on CPU (all usable cores as torch threads) and, when CUDA exists, on the GPU."""
+    """The limit on CPU and, when CUDA exists, on the GPU (batch size tuned).
+
+    CPU, three ways: members one after the other with as many torch threads as usable cores (what
+    ``EnsemblePredictor`` does by default), the same with one thread, and members concurrently with one
+    thread each. The *limit* is the best fused figure of the three (an upper bound the product can be held
+    to: on a busy machine torch's multi-threaded kernels can lose a lot to oversubscription).
+    """
     import torch
 
-    threads = common.machine_info()["usable_cores"] or torch.get_num_threads()
-    torch.set_num_threads(int(threads))
-    out: dict[str, Any] = {"torch_threads": torch.get_num_threads(), "cpu": None, "gpu": None}
-    out["cpu"] = measure_limit(cfg, device="cpu", seconds=plan.limit_s, predict_song_s=max(plan.song_seconds))
+    cores = _usable_cores()
+    default_threads = torch.get_num_threads()
+    seq_threads = sorted({cores, 1}, reverse=True)
+    out: dict[str, Any] = {"usable_cores": cores, "torch_threads": cores, "cpu": None, "gpu": None}
+    song_s = max(plan.song_seconds)
+    out["cpu"] = measure_limit(
+        cfg,
+        device="cpu",
+        seconds=plan.limit_s,
+        threads=cores,
+        members=not plan.quick_limit,
+        predict_song_s=song_s,
+    )
+    variants = {f"sequential, {cores} threads": out["cpu"]}
+    for t in seq_threads[1:] if not plan.quick_limit else []:
+        variants[f"sequential, {t} thread"] = measure_limit(
+            cfg, device="cpu", seconds=plan.limit_s, threads=t, members=not plan.quick_limit
+        )
+    if cores > 1 and len([m for m in ensemble_members(cfg)]) > 1:
+        variants["concurrent members, 1 thread each"] = measure_limit(
+            cfg, device="cpu", seconds=plan.limit_s, threads=1, members=False, concurrent=True
+        )
+    out["cpu_variants"] = variants
+    best = max(variants, key=lambda k: variants[k]["fused"]["audio_s_per_s"])
+    out["best_cpu"] = best
+    out["fused_cpu"] = variants[best]["fused"]["audio_s_per_s"]
+    torch.set_num_threads(default_threads)
     if torch.cuda.is_available():
         tuned = []
         for bs in GPU_BATCH_SIZES:
-            r = measure_limit(cfg, device="cuda", seconds=plan.limit_s, batch_size=bs)
+            r = measure_limit(cfg, device="cuda", seconds=plan.limit_s, batch_size=bs, members=False)
             tuned.append({"batch_size": bs, "fused_audio_s_per_s": r["fused"]["audio_s_per_s"]})
-        best = max(tuned, key=lambda r: r["fused_audio_s_per_s"])["batch_size"]
+        best_bs = max(tuned, key=lambda r: r["fused_audio_s_per_s"])["batch_size"]
         gpu = measure_limit(
-            cfg, device="cuda", seconds=plan.limit_s, batch_size=best, predict_song_s=max(plan.song_seconds)
+            cfg, device="cuda", seconds=plan.limit_s, batch_size=best_bs, predict_song_s=song_s
         )
         out["gpu"] = {**gpu, "batch_sweep": tuned, "name": torch.cuda.get_device_name(0)}
     return out
@@ -307,6 +394,16 @@ def summarize_window(recs: Sequence[Rec], t0: float, t1: float) -> dict[str, Any
         "requests_per_s": len(ok) / wall if wall > 0 else 0.0,
         "latency_s": lat,
     }
+
+
+CLIENT_ROLE = "client (this process)"
+
+
+def serve_cpu_cost(point: dict[str, Any]) -> float | None:
+    """CPU seconds the Serve processes (all but the load generator) spent per audio-second served."""
+    tput = point.get("throughput_audio_s_per_s") or 0.0
+    cores = sum(v for k, v in (point.get("cpu_cores") or {}).items() if k != CLIENT_ROLE)
+    return cores / tput if tput > 0 and cores > 0 else None
 
 
 def saturation(points: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
@@ -370,7 +467,7 @@ def cpu_snapshot() -> dict[int, tuple[str, float]]:
     out: dict[int, tuple[str, float]] = {}
     me = _cpu_seconds(os.getpid())
     if me is not None:
-        out[os.getpid()] = ("client (this process)", me)
+        out[os.getpid()] = (CLIENT_ROLE, me)
     for pid in _descendants():
         role, cpu = _role(pid), _cpu_seconds(pid)
         if role is not None and cpu is not None:
@@ -644,6 +741,7 @@ def product_section(cfg: Config, plan: Plan) -> dict[str, Any]:
                 point = {"song_s": secs, "clients": n, **summarize_window(recs, t0, t1)}
                 m = marks.get(n, {})
                 point["cpu_cores"] = m.get("cpu_cores", {})
+                point["serve_cpu_s_per_audio_s"] = serve_cpu_cost(point)
                 point["replicas"] = m.get("replicas", {})
                 point["gpu_util_percent"] = m.get("gpu_util")
                 point["batching"] = _batching(m.get("info", {}), m.get("info_after", {}))
@@ -691,10 +789,13 @@ def compute_ratio(result: dict[str, Any]) -> dict[str, Any]:
         for p in result["product"]["points"]
         for b in p.get("batching", {}).values()
     )
-    ref = limit["gpu"] if served_gpu and limit.get("gpu") else limit["cpu"]
-    fused = [ref["fused"]["audio_s_per_s"]]
-    if served_gpu is False and limit.get("fused_after"):
-        fused.append(limit["fused_after"]["audio_s_per_s"])
+    if served_gpu and limit.get("gpu"):
+        gpu = limit["gpu"]
+        device, how, fused = "cuda", f"batch {gpu['batch_size']}", [gpu["fused"]["audio_s_per_s"]]
+    else:
+        device, how, fused = "cpu", limit["best_cpu"], [limit["fused_cpu"]]
+        if limit.get("fused_after"):
+            fused.append(limit["fused_after"]["audio_s_per_s"])
     fused_limit = sum(fused) / len(fused)
     per_length = {}
     for secs in sorted({p["song_s"] for p in result["product"]["points"]}):
@@ -706,8 +807,20 @@ def compute_ratio(result: dict[str, Any]) -> dict[str, Any]:
                 "ratio": ratio(sat["throughput_audio_s_per_s"], fused_limit),
             }
     best = saturation(result["product"]["points"])
+    # CPU cost: in-process the cheapest way per fused audio-second, vs the Serve processes at saturation.
+    costs = [
+        v["fused"].get("cpu_s_per_audio_s")
+        for v in (limit.get("cpu_variants") or {}).values()
+        if v["fused"].get("cpu_s_per_audio_s")
+    ]
+    limit_cost = min(costs) if costs and device == "cpu" else None
+    serve_cost = best.get("serve_cpu_s_per_audio_s") if best else None
     return {
-        "limit_device": ref["device"],
+        "limit_cpu_s_per_audio_s": limit_cost,
+        "serve_cpu_s_per_audio_s": serve_cost,
+        "cpu_cost_ratio": limit_cost / serve_cost if limit_cost and serve_cost else None,
+        "limit_device": device,
+        "limit_how": how,
         "fused_limit_audio_s_per_s": fused_limit,
         "per_song_length": per_length,
         "song_s": best["song_s"] if best else None,
@@ -741,12 +854,14 @@ def render_markdown(result: dict[str, Any], *, figures: dict[str, str] | None = 
             "does not depend on the weights)."
         )
         + " The limit and the product load exactly the same checkpoint files.",
-        f"- **Limit**: in-process, no HTTP, no Ray: pre-decoded, pre-framed windows "
+        "- **Limit**: in-process, no HTTP, no Ray: pre-decoded, pre-framed windows "
         f"({lim['cpu']['windows_per_call']} per call, batches of {lim['cpu']['batch_size']}) through "
-        f"`Predictor.score_windows`, per member and *fused* (every member in turn, as "
-        f"`EnsemblePredictor` does); {lim['torch_threads']} torch threads. Audio-seconds per wall second "
-        "= windows × hop ÷ wall time. Extra row: `EnsemblePredictor.predict` on a 60-s WAV "
-        "(decode and resample included).",
+        "`Predictor.score_windows`, per member and *fused* (all members on the same windows), "
+        "audio-seconds per wall second = windows × hop ÷ wall time. Fused three ways: members one after "
+        f"the other as `EnsemblePredictor` does, with {lim['torch_threads']} torch threads (the usable "
+        "cores) and with 1; and members concurrently in threads with 1 torch thread each (as Serve runs "
+        "them, one replica per member). **The limit is the best of these.** Extra row: "
+        "`EnsemblePredictor.predict` on a WAV (decode and resample included).",
         f"- **Product**: the Serve application (`serve.app`) on a local Ray with {cores} CPUs, "
         f"N closed-loop HTTP clients posting the same synthetic song (44.1 kHz 16-bit stereo WAV) to "
         f"`{ROUTE}`; after each raise of N the load settles, then a {result['plan']['measure_s']:g}-s "
@@ -764,38 +879,63 @@ def render_markdown(result: dict[str, Any], *, figures: dict[str, str] | None = 
             "JSON), the member replicas and the load generator itself all share them with the models, "
             "and other work on the machine adds noise."
         )
+    load0, load1 = m.get("load_average_at_start"), result.get("load_average_at_end")
+    if load0 and load1:
+        lines.append(
+            f"- **Machine load** (1-min load average) at the start {load0[0]:.1f}, at the end {load1[0]:.1f} "
+            f"on {cores} cores: other work shared the CPUs; the CPU-cost ratio below is the steadier figure."
+        )
+    variants = lim.get("cpu_variants") or {}
+    multi = [v for k, v in variants.items() if not k.endswith("1 thread") and not v.get("concurrent_members")]
+    single = [v for k, v in variants.items() if k.endswith("1 thread")]
+    if multi and single and multi[0]["fused"]["audio_s_per_s"] < 0.7 * single[0]["fused"]["audio_s_per_s"]:
+        lines.append(
+            f"- **Threads**: {multi[0]['torch_threads']} torch threads scored far slower than 1 here — "
+            "multi-threaded kernels stall when other processes hold the cores (oversubscription); Serve's "
+            "member replicas run 1 thread each."
+        )
     if result.get("quick"):
         lines.append("- **Quick run**: short windows, fewer points; the figures are noisy.")
     lines += ["", "### Limit (in-process)", ""]
     rows: list[list[Any]] = []
-    for dev_key in ("cpu", "gpu"):
-        d = lim.get(dev_key)
-        if not d:
-            continue
+    variants = lim.get("cpu_variants") or {"default": lim["cpu"]}
+    for how, d in variants.items():
         for name, r in d["members"].items():
-            rows.append([name, d["device"], d["batch_size"], _fmt(r["audio_s_per_s"], 1)])
+            rows.append([name, how, d["device"], d["batch_size"], _fmt(r["audio_s_per_s"], 1)])
+    for how, d in variants.items():
+        v = _fmt(d["fused"]["audio_s_per_s"], 1)
+        best = how == lim.get("best_cpu")
         rows.append(
-            ["**fused**", d["device"], d["batch_size"], f"**{_fmt(d['fused']['audio_s_per_s'], 1)}**"]
+            ["**fused**" if best else "fused", how, d["device"], d["batch_size"], f"**{v}**" if best else v]
         )
-        if dev_key == "cpu" and lim.get("fused_after"):
+    if lim.get("fused_after"):
+        rows.append(
+            [
+                "fused, again after the HTTP load",
+                lim.get("best_cpu"),
+                "cpu",
+                lim["cpu"]["batch_size"],
+                _fmt(lim["fused_after"]["audio_s_per_s"], 1),
+            ]
+        )
+    for d in (lim["cpu"], lim.get("gpu")):
+        if d and d.get("predict_wav"):
             rows.append(
                 [
-                    "fused, after the HTTP load",
-                    d["device"],
-                    d["batch_size"],
-                    _fmt(lim["fused_after"]["audio_s_per_s"], 1),
-                ]
-            )
-        if d.get("predict_wav"):
-            rows.append(
-                [
-                    "`EnsemblePredictor.predict`, 60-s WAV",
+                    f"`EnsemblePredictor.predict`, {d['predict_wav']['song_s']:g}-s WAV",
+                    f"{d['torch_threads']} threads" if d["device"] == "cpu" else "",
                     d["device"],
                     d["batch_size"],
                     _fmt(d["predict_wav"]["audio_s_per_s"], 1),
                 ]
             )
-    lines.append(common.md_table(["model", "device", "batch", "audio-s/s"], rows))
+    gpu = lim.get("gpu")
+    if gpu:
+        for name, r in gpu["members"].items():
+            rows.append([name, gpu.get("name", ""), "cuda", gpu["batch_size"], _fmt(r["audio_s_per_s"], 1)])
+        g = _fmt(gpu["fused"]["audio_s_per_s"], 1)
+        rows.append(["fused", gpu.get("name", ""), "cuda", gpu["batch_size"], g])
+    lines.append(common.md_table(["model", "how", "device", "batch", "audio-s/s"], rows))
     if not lim.get("gpu"):
         lines += [
             "",
@@ -824,6 +964,7 @@ def render_markdown(result: dict[str, Any], *, figures: dict[str, str] | None = 
                 )
                 or "—",
                 _fmt(sum(cores_used.values()), 2) if cores_used else "—",
+                _fmt(1000 * p["serve_cpu_s_per_audio_s"], 1) if p.get("serve_cpu_s_per_audio_s") else "—",
             ]
         )
     lines.append(
@@ -839,6 +980,7 @@ def render_markdown(result: dict[str, Any], *, figures: dict[str, str] | None = 
                 "errors",
                 "songs/batch",
                 "cores busy",
+                "Serve CPU ms per audio-s",
             ],
             prow,
         )
@@ -854,17 +996,31 @@ def render_markdown(result: dict[str, Any], *, figures: dict[str, str] | None = 
             f"**Ratio at saturation: {rat['ratio']:.2f}** "
             f"(product {rat['product_audio_s_per_s']:.1f} audio-s/s "
             f"with {rat['song_s']:g}-s songs at N={rat['clients']} ÷ fused limit "
-            f"{rat['fused_limit_audio_s_per_s']:.1f} audio-s/s on {rat['limit_device']}; "
+            f"{rat['fused_limit_audio_s_per_s']:.1f} audio-s/s, {rat['limit_device']}, {rat['limit_how']}"
+            + (", mean of before and after the HTTP load" if lim.get("fused_after") else "")
+            + "; "
             f"target ≥ {rat['target']}). "
             f"Per song length: {per}.",
         ]
-    sat = saturation(prod["points"])
-    if sat and sat.get("cpu_cores"):
+    if rat.get("cpu_cost_ratio") is not None:
         lines += [
             "",
-            f"Where the CPU went at saturation ({sat['song_s']:g}-s songs, N={sat['clients']}; "
-            "cores busy per "
-            "process): " + ", ".join(f"{k} {v:.2f}" for k, v in sat["cpu_cores"].items()) + ".",
+            "On a shared machine wall-clock throughput moves with whatever else runs; CPU time does not. "
+            f"In-process the cheapest fused scoring costs {1000 * rat['limit_cpu_s_per_audio_s']:.1f} ms of "
+            f"CPU per audio-second; the Serve processes spent {1000 * rat['serve_cpu_s_per_audio_s']:.1f} ms "
+            f"at saturation: **CPU-cost ratio {rat['cpu_cost_ratio']:.2f}** (limit cost ÷ product cost; "
+            "1.0 = no serving overhead).",
+        ]
+    sat = saturation(prod["points"])
+    if sat and sat.get("cpu_cores"):
+        tput = sat["throughput_audio_s_per_s"] or 0.0
+        parts = ", ".join(
+            f"{k} {v:.2f} cores" + (f" ({1000 * v / tput:.1f} ms/audio-s)" if tput > 0 else "")
+            for k, v in sat["cpu_cores"].items()
+        )
+        lines += [
+            "",
+            f"Where the CPU went at saturation ({sat['song_s']:g}-s songs, N={sat['clients']}): {parts}.",
         ]
     gpu_vals = [p.get("gpu_util_percent") for p in prod["points"] if p.get("gpu_util_percent") is not None]
     if gpu_vals:
@@ -950,7 +1106,7 @@ def run(cfg: Config, *, quick: bool, trained: bool = False) -> dict[str, Any]:
         limit = limit_section(cfg, plan)
     print(
         f"[inference] limit ({t_lim['s']:.0f} s): "
-        f"fused {limit['cpu']['fused']['audio_s_per_s']:.1f} audio-s/s",
+        f"fused {limit['fused_cpu']:.1f} audio-s/s ({limit['best_cpu']})",
         flush=True,
     )
     with common.stopwatch() as t_prod:
@@ -959,8 +1115,10 @@ def run(cfg: Config, *, quick: bool, trained: bool = False) -> dict[str, Any]:
     if plan.limit_again:
         import torch
 
-        torch.set_num_threads(limit["torch_threads"])
-        again = measure_limit(cfg, device="cpu", seconds=plan.limit_s)
+        default_threads = torch.get_num_threads()
+        settings = limit["cpu_variants"][limit["best_cpu"]]["settings"]
+        again = measure_limit(cfg, device="cpu", seconds=plan.limit_s, members=False, **settings)
+        torch.set_num_threads(default_threads)
         limit["fused_after"] = again["fused"]
     result: dict[str, Any] = {
         "ensemble": cfg.ensemble,
@@ -977,6 +1135,7 @@ def run(cfg: Config, *, quick: bool, trained: bool = False) -> dict[str, Any]:
     }
     result["ratio"] = compute_ratio(result)
     result["wall_s"] = time.perf_counter() - t_start
+    result["load_average_at_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     return result
 
 

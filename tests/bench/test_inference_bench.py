@@ -66,6 +66,16 @@ def _canned() -> dict:
         "batching": {"a": {"songs_per_batch": 1.0, "device": "cpu"}},
         "cpu_cores": {"member_a": 1.2, "ingress": 0.3},
     }
+    cpu = {
+        "device": "cpu",
+        "torch_threads": 2,
+        "batch_size": 64,
+        "windows_per_call": 64,
+        "members": {"a": limit_row, "b": limit_row},
+        "fused": {"audio_s_per_s": 20.0, "calls": 3},
+        "predict_wav": {"song_s": 10.0, "audio_s_per_s": 40.0, "calls": 2},
+    }
+    cpu1 = {**cpu, "members": {}, "fused": {"audio_s_per_s": 50.0}}
     return {
         "ensemble": "default",
         "members": ["a", "b"],
@@ -78,14 +88,10 @@ def _canned() -> dict:
         "machine": {"usable_cores": 2},
         "limit": {
             "torch_threads": 2,
-            "cpu": {
-                "device": "cpu",
-                "batch_size": 64,
-                "windows_per_call": 64,
-                "members": {"a": limit_row, "b": limit_row},
-                "fused": {"audio_s_per_s": 50.0, "calls": 3},
-                "predict_wav": {"song_s": 10.0, "audio_s_per_s": 40.0, "calls": 2},
-            },
+            "cpu": cpu,
+            "cpu_variants": {"sequential, 2 threads": cpu, "concurrent members, 1 thread each": cpu1},
+            "best_cpu": "concurrent members, 1 thread each",
+            "fused_cpu": 50.0,
             "gpu": None,
         },
         "product": {
@@ -105,6 +111,7 @@ def _canned() -> dict:
 def test_ratio_uses_the_best_point_and_the_fused_limit() -> None:
     r = bi.compute_ratio(_canned())
     assert (r["clients"], r["song_s"], r["limit_device"]) == (1, 10.0, "cpu")
+    assert r["limit_how"] == "concurrent members, 1 thread each"
     assert r["ratio"] == pytest.approx(1.0)
     assert r["per_song_length"]["10"]["ratio"] == pytest.approx(1.0)
 
@@ -115,7 +122,8 @@ def test_markdown_report_from_a_canned_result() -> None:
     md = bi.render_markdown(res, figures={"Throughput": "img/bench/x.png"})
     assert md.startswith("## Inference")
     assert "**Ratio at saturation: 1.00**" in md
-    assert "| **fused** | cpu | 64 | **50.0** |" in md
+    assert "| **fused** | concurrent members, 1 thread each | cpu | 64 | **50.0** |" in md
+    assert "| fused | sequential, 2 threads | cpu | 64 | 20.0 |" in md
     assert "| 10 | 8 | 45.0 |" in md
     assert "No GPU" in md and "random weights" in md and "only 2 cores" in md
     assert "![Throughput](img/bench/x.png)" in md
