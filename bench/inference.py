@@ -69,7 +69,7 @@ class Plan:
 
 
 FULL = Plan(6.0, SONG_SECONDS, CLIENTS, 3.0, 45.0, 18.0, True, False)
-QUICK = Plan(1.5, QUICK_SONG_SECONDS, QUICK_CLIENTS, 2.0, 6.0, 6.0, False, True)
+QUICK = Plan(1.0, QUICK_SONG_SECONDS, QUICK_CLIENTS, 2.0, 6.0, 6.0, False, True)
 
 
 # ---- synthetic songs -----------------------------------------------------------------------------------
@@ -323,7 +323,7 @@ def limit_section(cfg: Config, plan: Plan) -> dict[str, Any]:
     default_threads = torch.get_num_threads()
     seq_threads = sorted({cores, 1}, reverse=True)
     out: dict[str, Any] = {"usable_cores": cores, "torch_threads": cores, "cpu": None, "gpu": None}
-    song_s = max(plan.song_seconds)
+    song_s = None if plan.quick_limit else max(plan.song_seconds)  # quick: no predict() row
     out["cpu"] = measure_limit(
         cfg,
         device="cpu",
