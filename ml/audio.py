@@ -217,12 +217,26 @@ def _read_mono(f: sf.SoundFile, rate: int, channels: int, max_seconds: float | N
             break
         if not np.isfinite(block).all():
             raise InvalidSamplesError("the audio contains NaN or infinite samples")
-        # Averaging channels keeps the level of correlated stereo and avoids clipping (sum would double it).
-        parts.append(block.mean(axis=1, dtype=np.float32) if channels > 1 else block[:, 0].copy())
+        parts.append(_downmix(block))
         total += block.shape[0]
         if limit is not None and total > limit:
             raise TooLongAudioError(f"longer than the limit of {max_seconds:g} s")
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
+
+
+def _downmix(block: np.ndarray) -> np.ndarray:
+    """Mean of the channels of an (n, channels) float32 block → (n,).
+
+    Averaging keeps the level of correlated stereo and avoids clipping (a sum would double it). Adding
+    whole columns is ~30x faster than ``block.mean(axis=1)``, whose reduction along the short axis was
+    most of the decoding time of a stereo upload (bench/inference.py).
+    """
+    out = block[:, 0].copy()
+    for c in range(1, block.shape[1]):
+        out += block[:, c]
+    if block.shape[1] > 1:
+        out *= np.float32(1.0 / block.shape[1])
+    return out
 
 
 def _short(e: BaseException) -> str:
