@@ -831,6 +831,19 @@ def compute_ratio(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def headline_text(result: dict[str, Any]) -> str:
+    """The sentence docs/benchmarks.md and the README quote."""
+    r = result["ratio"]
+    if r.get("ratio") is None:
+        return "no product measurement"
+    cost = f", CPU-cost ratio {r['cpu_cost_ratio']:.2f}" if r.get("cpu_cost_ratio") else ""
+    return (
+        f"Serve over HTTP ÷ in-process limit at saturation = **{r['ratio']:.2f}** "
+        f"({r['product_audio_s_per_s']:.1f} ÷ {r['fused_limit_audio_s_per_s']:.1f} audio-s/s, "
+        f"{r['song_s']:g}-s songs, {r['clients']} clients{cost}; target ≥ {r['target']})"
+    )
+
+
 def _fmt(v: float | None, digits: int = 2) -> str:
     return "—" if v is None else f"{v:.{digits}f}"
 
@@ -1147,6 +1160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = common.load(args)
     result = run(cfg, quick=args.quick, trained=args.trained)
     result["machine"] = common.machine_info()
+    result["headline_text"] = headline_text(result)
     r = result["ratio"]
     print(
         f"[inference] ratio at saturation {r['ratio'] if r['ratio'] is None else round(r['ratio'], 3)} "
