@@ -59,6 +59,11 @@ RESULT_FILE = "result.json"
 MODEL_FILE = "model.pt"
 OOF_FILE = "oof.npz"
 TRIAL_DRIVER_CPUS = 0.1  # the Tune trial only launches and watches its TorchTrainer
+# Ray starts worker processes at nice 15 (RAY_worker_niceness), so a Train worker doing the actual work
+# loses the CPU to every nice-0 process: Ray's own (raylet, GCS, dashboard, the driver) and anything else
+# on the node. The Train workers run at normal priority, like a plain PyTorch process (and like the driver
+# of a `ray job submit`); the coordination actors (Tune trial, Train controller) stay at nice 15.
+WORKER_ENV_VARS = {"RAY_worker_niceness": "0"}
 SUMMARY_KEYS = ("val_micro_f1", "val_macro_f1", "val_lrap", "val_loss")
 
 
@@ -357,6 +362,8 @@ def run_trial(config: dict[str, Any], cfg: Config, settings: TrialSettings) -> N
             failure_config=FailureConfig(max_failures=tc.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=[TuneReportCallback()],  # type: ignore[list-item]  # a Train V2 UserCallback
+            # a Train V2 RunConfig field (mypy resolves ray.train.RunConfig to the V1 class)
+            worker_runtime_env={"env_vars": dict(WORKER_ENV_VARS)},  # type: ignore[call-arg]
         ),
     )
     trainer.fit()
