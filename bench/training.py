@@ -745,6 +745,19 @@ CHANGES = (
 )
 
 
+def headline_text(result: dict[str, Any]) -> str:
+    """The sentence docs/benchmarks.md and the README quote."""
+    c, st = result["comparison"], result["settings"]
+    pts = {p["trials"]: p for p in result["scaling"]["points"]} if result.get("scaling") else {}
+    best = max(pts.values(), key=lambda p: p.get("speedup") or 0.0) if pts else None
+    scale = f"; fold-parallel speed-up {best['speedup']:.2f}× at {best['trials']} trials" if best else ""
+    return (
+        f"Ray Train trial ÷ bare PyTorch loop = **{_fmt(c['ratio'], 2)}** steady state "
+        f"({st['member']}, {st['threads']} threads; target ≥ {TARGET_RATIO}), "
+        f"data path {_pct(c['rows']['ray'].get('data_share'))} of step time{scale}"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m bench.training [--quick] [--member M] [--threads N] [--no-write] [--set …]``."""
     p = common.parser(__doc__.splitlines()[0])
@@ -755,6 +768,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(None if argv is None else list(argv))
     cfg = common.load(args)
     result = run(cfg, quick=args.quick, member=args.member, threads=args.threads)
+    result["headline_text"] = headline_text(result)
     c = result["comparison"]
     plot = None
     if not args.no_write:
