@@ -81,6 +81,9 @@ def build(path: Path = REPORT) -> Path:
     hl = headlines(results)
     if hl:
         lines += ["## Headline figures", "", *hl, ""]
+    findings = RESULTS_DIR.parent / "findings.md"
+    if findings.is_file():
+        lines += [findings.read_text().rstrip(), ""]
     for name in ORDER:
         frag = _fragment(name) if name in results else None
         if frag:
