@@ -256,36 +256,16 @@ def run(cfg: Config, *, quick: bool, size: Size | None = None) -> dict[str, Any]
     objective = bcfg.fusion.objective
 
     t0 = time.perf_counter()
-    roots = {
-        "train": base / f"train-{TRAIN_LIBRARY}",
-        "same": base / f"test-{TRAIN_LIBRARY}",
-        "cross": base / f"test-{OTHER_LIBRARY}",
-    }
+    # (name, library, training clips, test excerpts, seed): both test sets render the same compositions.
+    sets = [
+        ("train", TRAIN_LIBRARY, size.train_clips, 0, size.train_seed),
+        ("same", TRAIN_LIBRARY, 0, size.test_excerpts, size.test_seed),
+        ("cross", OTHER_LIBRARY, 0, size.test_excerpts, size.test_seed),
+    ]
+    roots = {name: base / f"{'train' if name == 'train' else 'test'}-{lib}" for name, lib, *_ in sets}
     data_info = {
-        "train": render(
-            bcfg,
-            roots["train"],
-            train_clips=size.train_clips,
-            test_excerpts=0,
-            seed=size.train_seed,
-            library=TRAIN_LIBRARY,
-        ),
-        "same": render(
-            bcfg,
-            roots["same"],
-            train_clips=0,
-            test_excerpts=size.test_excerpts,
-            seed=size.test_seed,
-            library=TRAIN_LIBRARY,
-        ),
-        "cross": render(
-            bcfg,
-            roots["cross"],
-            train_clips=0,
-            test_excerpts=size.test_excerpts,
-            seed=size.test_seed,
-            library=OTHER_LIBRARY,
-        ),
+        name: render(bcfg, roots[name], train_clips=n_train, test_excerpts=n_test, seed=seed, library=lib)
+        for name, lib, n_train, n_test, seed in sets
     }
     matching, total = same_compositions(roots["same"], roots["cross"])
     timings["render_s"] = time.perf_counter() - t0

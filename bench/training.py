@@ -43,7 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import common
-from ml.config import PROJECT_DIR, Config, config_from_dict
+from bench.common import derive
+from ml.config import Config
 from ray_jobs.train import TRIAL_DRIVER_CPUS
 
 NAME = "training"
@@ -308,11 +309,6 @@ def plot_scaling(points: Sequence[dict[str, Any]], title: str) -> Any:
 
 
 # ---- configuration and data --------------------------------------------------------------------------
-
-
-def derive(cfg: Config, overrides: Sequence[str]) -> Config:
-    """``cfg`` with ``a.b=value`` overrides applied (validated like ``--set``)."""
-    return config_from_dict(cfg.snapshot(), overrides=list(overrides), base_dir=PROJECT_DIR)
 
 
 def bench_config(cfg: Config, member: str, *, quick: bool, threads: int) -> tuple[Config, Path]:
