@@ -456,8 +456,7 @@ def render_markdown(result: Mapping[str, Any], *, plot: bool = True) -> str:
         "## Accuracy (`bench/accuracy.py`)",
         "",
         f"Both recipes train on the same generated training set ({size['train_clips']} three-second clips "
-        f"rendered with **{result['train_library']}**; fold {result['fold']} of "
-        f"{result['train_clips_used'] + result['validation_clips']} held out: "
+        f"rendered with **{result['train_library']}**; fold {result['fold']} held out: "
         f"{result['train_clips_used']} clips train, {result['validation_clips']} validate). Each member gets "
         f"the same **{size['budget_s']:g} s of training steps** on {result['threads']} thread(s) "
         f"({result['device']}); best weights by the recipe's own monitor are kept. Thresholds, fusion "
@@ -477,7 +476,7 @@ def render_markdown(result: Mapping[str, Any], *, plot: bool = True) -> str:
         f"Same library: {h['seed_published_same_macro_f1']:.3f} vs {h['ours_same_macro_f1']:.3f}.",
         "",
         f"Read F1 against the trivial answer *every instrument in every excerpt* (cross-library macro-F1 "
-        f"{h['trivial_cross_macro_f1']:.3f}): the seed members' training-fold thresholds land low and name "
+        f"{h['trivial_cross_macro_f1']:.3f}): the seed ensemble's training-fold thresholds land low and name "
         f"{h['seed_cross_cardinality']:.1f} instruments per excerpt "
         f"(true {h['true_cross_cardinality']:.1f}), "
         f"which buys F1 without telling instruments apart; ours name {h['ours_cross_cardinality']:.1f}. The "
