@@ -23,7 +23,6 @@ Run: ``python -m bench.accuracy [--quick]`` (part of ``make bench``).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
@@ -42,6 +41,7 @@ from bench.common import (
     pyplot,
     save_figure,
     stopwatch,
+    usable_cores,
     work_dir,
     write_result,
 )
@@ -238,7 +238,7 @@ def run(cfg: Config, *, quick: bool, size: Size | None = None) -> dict[str, Any]
     seed_members = list(cfg.ensembles[SEED_ENSEMBLE])
     our_members = list(cfg.ensembles[cfg.ensemble])
     members = seed_members + our_members
-    threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = usable_cores()
     bcfg = derive(
         cfg,
         [

@@ -59,6 +59,11 @@ def work_dir(cfg: Config, name: str) -> Path:
     return d
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (the affinity mask; all logical cores where there is none)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -122,7 +127,7 @@ def machine_info() -> dict[str, Any]:
     return {
         "cpu": _cpu_model(),
         "logical_cores": os.cpu_count(),
-        "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "usable_cores": usable_cores(),
         "memory_gib": _memory_gib(),
         "gpus": _gpus(),
         "os": platform.platform(),

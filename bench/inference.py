@@ -191,10 +191,6 @@ def audio_seconds_per_s(windows: int, hop_s: float, calls: int, wall_s: float) -
     return windows * hop_s * calls / wall_s if wall_s > 0 else 0.0
 
 
-def _usable_cores() -> int:
-    return int(common.machine_info()["usable_cores"] or os.cpu_count() or 1)
-
-
 def measure_limit(
     cfg: Config,
     *,
@@ -319,7 +315,7 @@ def limit_section(cfg: Config, plan: Plan) -> dict[str, Any]:
     """
     import torch
 
-    cores = _usable_cores()
+    cores = common.usable_cores()
     default_threads = torch.get_num_threads()
     seq_threads = sorted({cores, 1}, reverse=True)
     out: dict[str, Any] = {"usable_cores": cores, "torch_threads": cores, "cpu": None, "gpu": None}

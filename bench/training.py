@@ -649,11 +649,6 @@ def _log(msg: str) -> None:
 # ---- entry points --------------------------------------------------------------------------------------
 
 
-def usable_cores() -> int:
-    """Cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def run(cfg: Config, *, quick: bool, member: str | None = None, threads: int | None = None) -> dict[str, Any]:
     """Run the training benchmark (see the module docstring); returns the result dict.
 
@@ -665,7 +660,7 @@ def run(cfg: Config, *, quick: bool, member: str | None = None, threads: int | N
     if member not in cfg.members:
         raise ValueError(f"unknown member {member!r}; valid: {sorted(cfg.members)}")
     st = SETTINGS["quick" if quick else "full"]
-    threads = threads or (1 if quick else usable_cores())
+    threads = threads or (1 if quick else common.usable_cores())
     gpus = len(common.machine_info()["gpus"])
     bcfg, wd = bench_config(cfg, member, quick=quick, threads=threads)
     # one local Ray shape for everything: the compared trial (threads CPUs + its Tune driver) or the

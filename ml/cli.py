@@ -16,20 +16,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ml.config import Config, ConfigError, load_config
+from ml.config import Config, ConfigError, add_config_args, load_config
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="config file (default: $MPIC_CONFIG, ./config.yml, the project's)")
-    p.add_argument("--profile", help="profile from config.yml: smoke, demo, full, … ($MPIC_PROFILE)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.epochs=3 (repeatable)",
-    )
+    add_config_args(p)
 
 
 def _cfg(args: argparse.Namespace, extra: Sequence[str] = ()) -> Config:

@@ -11,6 +11,7 @@ paths and can be shipped to Ray workers as is.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -594,3 +595,18 @@ def config_from_dict(
 def parse_cli_overrides(values: Sequence[str] | None) -> list[str]:
     """Flatten repeated ``--set`` arguments (each may hold several comma-free ``k=v`` pairs)."""
     return [v for v in (values or []) if v]
+
+
+def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``--config``, ``--profile`` and repeated ``--set KEY=VALUE`` (every mpic command)."""
+    parser.add_argument("--config", help="config file (default: $MPIC_CONFIG, ./config.yml, the project's)")
+    parser.add_argument("--profile", help="profile from config.yml: smoke, demo, full, … ($MPIC_PROFILE)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=3 (repeatable)",
+    )
+    return parser

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ml.config import PROJECT_DIR, Config, load_config
+from ml.config import add_config_args as config_args
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +41,7 @@ WORKING_DIR_EXCLUDES = [
 
 def add_config_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add ``--config``, ``--profile``, repeated ``--set KEY=VALUE`` and ``--base-dir``."""
-    parser.add_argument("--config", help="config file (default: $MPIC_CONFIG, ./config.yml, the project's)")
-    parser.add_argument("--profile", help="profile from config.yml: smoke, demo, full, … ($MPIC_PROFILE)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.epochs=3 (repeatable)",
-    )
+    config_args(parser)
     parser.add_argument(
         "--base-dir",
         default=None,
