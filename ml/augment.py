@@ -363,6 +363,128 @@ class RandomMix(Augmentation):
         )
 
 
+# ------------------------------------------------------------------------------------ timbre (sound source)
+# The same notes played by another sample library differ in spectral envelope, tuning and room: these
+# three steps vary exactly that, so a model cannot lean on one library's timbre.
+
+
+class EqArgs(_RangeArgs):
+    """``eq``: a random smooth gain curve over log frequency, at most ``max_db`` up or down."""
+
+    max_db: Annotated[float, Field(gt=0, le=24)] = 9.0
+    nodes: Annotated[int, Field(ge=2, le=32)] = 8
+    tilt_db: Annotated[float, Field(ge=0, le=24)] = 6.0
+
+
+@AUGMENTATIONS.register("eq")
+class Eq(Augmentation):
+    """Random equalisation: ``nodes`` gains on a log-frequency axis (interpolated) plus a spectral tilt.
+
+    Applied as one real FFT per example (zero phase), so the whole batch costs two FFTs.
+    """
+
+    Args = EqArgs
+    name = "eq"
+
+    def apply(self, batch: Batch, gen: torch.Generator | None) -> Batch:
+        """Filter the picked examples, keeping their RMS."""
+        assert isinstance(self.args, EqArgs)
+        b, n, dev = batch.wave.shape[0], batch.wave.shape[1], batch.wave.device
+        pick = _coin(b, self.p, gen, dev)
+        a = self.args
+        nodes_db = _uniform(b * a.nodes, (-a.max_db, a.max_db), gen, dev).view(b, a.nodes)
+        tilt = _uniform(b, (-a.tilt_db, a.tilt_db), gen, dev)[:, None]
+        idx = pick.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            return batch
+        x, nodes_db, tilt = batch.wave[idx], nodes_db[idx], tilt[idx]
+        freqs = torch.fft.rfftfreq(n, d=1.0 / self.sample_rate).to(dev)
+        # position of every bin on the node axis: log2 frequency from 30 Hz to Nyquist → [0, nodes - 1]
+        lo, hi = math.log2(30.0), math.log2(self.sample_rate / 2)
+        pos = ((freqs.clamp_min(30.0).log2() - lo) / (hi - lo)).clamp(0, 1)  # (F,)
+        node_pos = pos * (a.nodes - 1)
+        i0 = node_pos.floor().long().clamp(max=a.nodes - 2)
+        frac = node_pos - i0
+        curve = nodes_db[:, i0] * (1 - frac) + nodes_db[:, i0 + 1] * frac + tilt * (pos - 0.5) * 2
+        spec = torch.fft.rfft(x.float(), dim=-1) * torch.pow(10.0, curve / 20.0)
+        y = torch.fft.irfft(spec, n=n, dim=-1).to(x.dtype)
+        y = y * (_rms(x) / _rms(y).clamp_min(_EPS))
+        return replace(batch, wave=batch.wave.index_copy(0, idx, y))
+
+
+class PitchArgs(_RangeArgs):
+    """``pitch``: varispeed by up to ``semitones`` (pitch and tempo move together, like a tape)."""
+
+    semitones: float | tuple[float, float] = 1.0
+
+
+@AUGMENTATIONS.register("pitch")
+class Pitch(Augmentation):
+    """Resample each picked example by 2^(s/12), s drawn in ``semitones``: detuned samples, other registers.
+
+    Linear interpolation on the device; the output keeps the input's length (read cyclically when sped
+    up), so the crop stays a crop.
+    """
+
+    Args = PitchArgs
+    name = "pitch"
+
+    def apply(self, batch: Batch, gen: torch.Generator | None) -> Batch:
+        """Shift the picked examples."""
+        assert isinstance(self.args, PitchArgs)
+        x = batch.wave
+        b, n, dev = x.shape[0], x.shape[1], x.device
+        pick = _coin(b, self.p, gen, dev)
+        rate = torch.pow(2.0, _uniform(b, _range(self.args.semitones, symmetric=True), gen, dev) / 12.0)
+        pos = torch.arange(n, device=dev, dtype=torch.float32)[None, :] * rate[:, None]  # (B, S) samples
+        pos = torch.remainder(pos, n - 1)
+        i0 = pos.floor().long()
+        frac = (pos - i0).to(x.dtype)
+        y = x.gather(1, i0) * (1 - frac) + x.gather(1, (i0 + 1).clamp(max=n - 1)) * frac
+        return replace(batch, wave=torch.where(pick[:, None], y, x))
+
+
+class ReverbArgs(_RangeArgs):
+    """``reverb``: a synthetic room (exponentially decaying noise) with RT60 and wet level drawn per example."""
+
+    rt60_s: float | tuple[float, float] = (0.2, 1.2)
+    wet_db: float | tuple[float, float] = (-12.0, 0.0)
+
+
+@AUGMENTATIONS.register("reverb")
+class Reverb(Augmentation):
+    """Convolve with a random impulse response (decaying noise, direct path first) by FFT."""
+
+    Args = ReverbArgs
+    name = "reverb"
+
+    def apply(self, batch: Batch, gen: torch.Generator | None) -> Batch:
+        """Add reverberation to the picked examples, keeping their RMS."""
+        assert isinstance(self.args, ReverbArgs)
+        b, n, dev = batch.wave.shape[0], batch.wave.shape[1], batch.wave.device
+        pick = _coin(b, self.p, gen, dev)
+        rt60 = _uniform(b, _range(self.args.rt60_s), gen, dev)[:, None]
+        wet = torch.pow(10.0, _uniform(b, _range(self.args.wet_db), gen, dev) / 20.0)[:, None]
+        idx = pick.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            return batch
+        x, rt60, wet = batch.wave[idx], rt60[idx], wet[idx]
+        k = idx.numel()
+        # the tail only needs to reach -60 dB; longer than the crop adds nothing audible inside it
+        ir_len = min(n, int(self.sample_rate * max(_range(self.args.rt60_s))))
+        t = torch.arange(ir_len, device=dev, dtype=torch.float32)[None, :] / self.sample_rate
+        # amplitude falls 60 dB over rt60: exp(-6.91 t / rt60)
+        tail = _randn_like(torch.empty(k, ir_len, device=dev), gen) * torch.exp(-6.908 * t / rt60)
+        tail = tail / tail.square().sum(dim=1, keepdim=True).sqrt().clamp_min(_EPS)
+        size = n + ir_len
+        wet_sig = torch.fft.irfft(
+            torch.fft.rfft(x.float(), n=size, dim=-1) * torch.fft.rfft(tail, n=size, dim=-1), n=size, dim=-1
+        )[:, :n]
+        y = (x.float() + wet * wet_sig).to(x.dtype)
+        y = y * (_rms(x) / _rms(y).clamp_min(_EPS))
+        return replace(batch, wave=batch.wave.index_copy(0, idx, y))
+
+
 # ------------------------------------------------------------------------------------ phase vocoder
 
 

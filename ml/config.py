@@ -180,6 +180,9 @@ class TrainConfig(_Strict):
     # rather than the single-instrument training clips alone. 0: single clips only.
     oof_mixtures: Annotated[int, Field(ge=0, le=8)] = 1
     val_windows_hop_s: Annotated[float, Field(gt=0)] = 1.0
+    # A training crop is labelled with the clip's instruments that play in at least this fraction of it
+    # (clips with recorded per-label activity, e.g. rendered polyphonic clips); others keep clip labels.
+    crop_min_active: Annotated[float, Field(ge=0, le=1)] = 0.3
     amp: bool = True
     seed: int = 0
     num_workers: Annotated[int, Field(ge=1)] = 1

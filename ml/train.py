@@ -15,7 +15,7 @@ import math
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,9 +28,10 @@ from ml import metrics
 from ml.augment import Batch, build_augmenter
 from ml.checkpoint import MODEL_FILE, CheckpointMeta, save_classifier
 from ml.config import Config
+from ml.data.activity import HOP_S as ACTIVITY_HOP_S
 from ml.data.cache import ClipStore, build_store
 from ml.data.irmas import build_manifest
-from ml.data.manifest import Manifest
+from ml.data.manifest import ClipRecord, Manifest
 from ml.fusion import aggregate
 from ml.inference import frame_windows, pick_device, window_starts
 from ml.models import Classifier, build_classifier, classifier_spec
@@ -89,6 +90,10 @@ class TrainData:
     targets: np.ndarray  # (N, C) float32 multi-hot
     genre: np.ndarray  # (N,) int64, -1 unknown
     folds: np.ndarray  # (N,) int64
+    # (N, C, F) per-label activity in [0, 1] at ACTIVITY_HOP_S frames (clips whose generator recorded
+    # it; zeros elsewhere) and (N,) which clips have it: a crop's labels are those active in the crop.
+    activity: np.ndarray | None = None
+    has_activity: np.ndarray | None = None
 
     def split(self, fold: int) -> tuple[np.ndarray, np.ndarray]:
         """(train indices, validation indices) for ``fold``."""
@@ -97,24 +102,55 @@ class TrainData:
 
 def load_train_data(cfg: Config, sample_rate: int, *, progress: bool = False) -> TrainData:
     """Manifest (with folds) of the training split, decoded once into the cache at ``sample_rate``."""
-    from ml.data.folds import assign_folds
-
     manifest = build_manifest(cfg.data.root, cfg.label_codes, cache_path=cfg.data.cache_dir / "manifest.csv")
     train = [r for r in manifest.records if r.split == "train"]
     if not train:
         raise ValueError(
             f"no training clips under {cfg.data.root} (expected IRMAS-TrainingData/<code>/*.wav)"
         )
-    recs = assign_folds(train, cfg.label_codes, k=cfg.folds.k, seed=cfg.folds.seed)
-    m = Manifest(root=manifest.root, records=list(recs))
-    store = build_store([m.abspath(r) for r in m.records], sample_rate, cfg.data.cache_dir, progress=progress)
+    return train_data_from_records(cfg, manifest.root, train, sample_rate, progress=progress)
+
+
+def train_data_from_records(
+    cfg: Config,
+    root: str | Path,
+    records: Sequence[ClipRecord],
+    sample_rate: int,
+    *,
+    progress: bool = False,
+) -> TrainData:
+    """Training data from an explicit list of training clips (e.g. every library but a held-out one).
+
+    Folds are assigned among ``records`` only (stratified, grouped by source recording), so validation and
+    out-of-fold predictions never see a clip outside them.
+    """
+    from ml.data.activity import load_activity
+    from ml.data.folds import assign_folds
+
+    recs = assign_folds(records, cfg.label_codes, k=cfg.folds.k, seed=cfg.folds.seed)
+    m = Manifest(root=root, records=list(recs))
+    paths = [m.abspath(r) for r in m.records]
+    store = build_store(paths, sample_rate, cfg.data.cache_dir, progress=progress)
     genre_index = {g: i for i, g in enumerate(GENRES)}
+    targets = m.label_matrix(cfg.label_codes)
+    acts = [load_activity(p, cfg.label_codes) for p in paths]
+    activity = has_activity = None
+    if any(a is not None for a in acts):
+        n_frames = max(a.shape[1] for a in acts if a is not None)
+        activity = np.zeros((len(acts), len(cfg.label_codes), n_frames), np.float32)
+        has_activity = np.zeros(len(acts), bool)
+        for i, a in enumerate(acts):
+            if a is not None:
+                activity[i, :, : a.shape[1]] = a
+                has_activity[i] = True
     return TrainData(
         manifest=m,
         store=store,
-        targets=m.label_matrix(cfg.label_codes),
+        targets=targets,
         genre=np.array([genre_index.get(r.genre or "", -1) for r in m.records], dtype=np.int64),
         folds=np.array([-1 if r.fold is None else r.fold for r in m.records], dtype=np.int64),
+        activity=activity,
+        has_activity=has_activity,
     )
 
 
@@ -133,23 +169,58 @@ class FitResult:
 
 
 class _Cropper:
-    """Draws random fixed-length crops of cached clips as one batched gather (no per-clip Python loop)."""
+    """Draws random fixed-length crops of cached clips as one batched gather (no per-clip Python loop).
 
-    def __init__(self, store: ClipStore, crop: int, device: torch.device) -> None:
+    With per-label activity (``TrainData.activity``) each crop is labelled with the clip's labels that
+    are active for at least ``min_active`` of the crop: a stem resting during a 1-s crop is not a label
+    of that crop.
+    """
+
+    def __init__(self, data: TrainData, crop: int, device: torch.device, min_active: float) -> None:
+        store = data.store
         self.data = torch.from_numpy(np.asarray(store.data))  # shares the memmap's pages
         self.offsets = torch.from_numpy(store.offsets[:-1].copy())
         self.lengths = torch.from_numpy(store.lengths.copy())
+        self.targets = torch.from_numpy(data.targets)
         self.crop = crop
         self.device = device
         self.ar = torch.arange(crop)
+        self.frames_per_s = 1.0 / ACTIVITY_HOP_S
+        self.sample_rate = store.sample_rate
+        self.min_active = min_active
+        self.cum: torch.Tensor | None = None
+        if data.activity is not None and data.has_activity is not None:
+            act = torch.from_numpy(data.activity)  # (N, C, F)
+            # cumulative sums → the active fraction of any frame range in O(1)
+            self.cum = torch.cat([torch.zeros(*act.shape[:2], 1), act.cumsum(dim=2)], dim=2)
+            self.known = torch.from_numpy(data.has_activity)
 
-    def __call__(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def __call__(self, idx: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(waves (B, crop), targets (B, C)) of random crops of clips ``idx``, on the device."""
         lengths = self.lengths[idx]
         room = (lengths - self.crop).clamp(min=0)
         start = (torch.rand(len(idx), generator=gen) * (room + 1).float()).long()
         # wrap inside the clip when it is shorter than the crop (never read the neighbour clip)
         pos = (start[:, None] + self.ar[None, :]) % lengths[:, None]
-        return self.data[self.offsets[idx][:, None] + pos].to(self.device, non_blocking=True)
+        waves = self.data[self.offsets[idx][:, None] + pos].to(self.device, non_blocking=True)
+        return waves, self._targets(idx, start, lengths).to(self.device)
+
+    def _targets(self, idx: torch.Tensor, start: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        target = self.targets[idx]
+        if self.cum is None:
+            return target
+        n_frames = self.cum.shape[2] - 1
+        f0 = (start.double() / self.sample_rate * self.frames_per_s).floor().long().clamp(0, n_frames - 1)
+        end = (start + self.crop).clamp(max=lengths)
+        f1 = (end.double() / self.sample_rate * self.frames_per_s).ceil().long().clamp(1, n_frames)
+        f1 = torch.maximum(f1, f0 + 1)
+        cum = self.cum[idx]  # (B, C, F+1)
+        active = (cum.gather(2, f1[:, None, None].expand(-1, cum.shape[1], 1)) - cum.gather(
+            2, f0[:, None, None].expand(-1, cum.shape[1], 1)
+        )).squeeze(2) / (f1 - f0)[:, None].float()
+        keep = (active >= self.min_active).float()
+        known = self.known[idx][:, None]
+        return torch.where(known, target * keep, target)
 
 
 def _clip_windows(
@@ -335,8 +406,7 @@ def fit(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     gen = torch.Generator().manual_seed(tc.seed * 7919 + fold)  # same on every rank: shards stay disjoint
     crop = round(tc.crop_s * sr)
-    cropper = _Cropper(data.store, crop, device)
-    targets = torch.from_numpy(data.targets)
+    cropper = _Cropper(data, crop, device, tc.crop_min_active)
     genre = torch.from_numpy(data.genre)
     tempo = torch.from_numpy(data.store.tempo.astype(np.float32))
     rank, world = shard
@@ -382,9 +452,10 @@ def fit(
             idx = perm[a : a + tc.batch_size]
             if len(idx) < min(tc.batch_size, len(perm)):  # wrap so every step has a full batch
                 idx = torch.cat([idx, perm[: tc.batch_size - len(idx)]])
+            wave, target = cropper(idx, gen)
             batch = Batch(
-                wave=cropper(idx, gen),
-                target=targets[idx].to(device),
+                wave=wave,
+                target=target,
                 genre=genre[idx].to(device),
                 tempo=tempo[idx].to(device),
             )

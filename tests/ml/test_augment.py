@@ -69,10 +69,21 @@ def rms(x: torch.Tensor) -> torch.Tensor:
 
 
 def test_registry():
-    assert AUGMENTATIONS.names() == ["bpm_mix", "gain", "genre_mix", "noise", "random_mix"]
+    assert AUGMENTATIONS.names() == [
+        "bpm_mix",
+        "eq",
+        "gain",
+        "genre_mix",
+        "noise",
+        "pitch",
+        "random_mix",
+        "reverb",
+    ]
 
 
-@pytest.mark.parametrize("name", ["noise", "gain", "genre_mix", "bpm_mix", "random_mix"])
+@pytest.mark.parametrize(
+    "name", ["noise", "gain", "genre_mix", "bpm_mix", "random_mix", "eq", "pitch", "reverb"]
+)
 def test_eval_mode_is_identity_and_train_mode_is_reproducible(name):
     b = make_batch(genres=[0, 0, 1, 1, 0, 0, 1, 1], tempi=[90.0, 100, 110, 120, 130, 95, 105, 115])
     a = aug(name)
@@ -258,6 +269,43 @@ def _timed(fn, clock) -> float:
     t = clock()
     fn()
     return clock() - t
+
+
+def _peak_hz(x: torch.Tensor, sr: int = SR) -> float:
+    spec = torch.fft.rfft(x).abs()
+    return float(torch.fft.rfftfreq(len(x), 1 / sr)[spec.argmax()])
+
+
+@pytest.mark.parametrize("semitones", [-2.0, 1.0, 3.0])
+def test_pitch_moves_a_tone_by_the_drawn_interval(semitones):
+    b = make_batch(b=2)
+    out = aug("pitch", semitones=[semitones, semitones])(b, gen())
+    for row in range(2):
+        want = _peak_hz(b.wave[row]) * 2 ** (semitones / 12)
+        assert abs(_peak_hz(out.wave[row]) - want) < 2.0  # 1-s clip: 1-Hz bins
+    assert torch.equal(out.target, b.target)
+
+
+def test_eq_changes_the_spectral_envelope_and_keeps_rms():
+    noise = torch.randn(4, SR, generator=gen(1)) * 0.1
+    b = Batch(wave=noise, target=one_hot([0, 1, 2, 3]), genre=torch.full((4,), -1), tempo=torch.full((4,), 1.0))
+    out = aug("eq", max_db=12.0, tilt_db=12.0)(b, gen())
+    torch.testing.assert_close(rms(out.wave), rms(noise), rtol=1e-4, atol=1e-6)
+    bands = torch.fft.rfft(out.wave).abs().square().view(4, -1).split(1000, dim=1)
+    ratio_db = [10 * torch.log10(bd.mean(dim=1)) for bd in bands[:4]]
+    # white noise has a flat spectrum; after EQ the band levels differ by several dB
+    assert float((torch.stack(ratio_db).amax(0) - torch.stack(ratio_db).amin(0)).min()) > 1.0
+
+
+def test_reverb_adds_a_decaying_tail_and_keeps_rms():
+    x = torch.zeros(2, SR)
+    x[:, 100:200] = 0.5  # a short burst: everything after it is the room
+    b = Batch(wave=x, target=one_hot([0, 1]), genre=torch.full((2,), -1), tempo=torch.full((2,), 1.0))
+    out = aug("reverb", rt60_s=[0.5, 0.5], wet_db=[0.0, 0.0])(b, gen())
+    torch.testing.assert_close(rms(out.wave), rms(x), rtol=1e-4, atol=1e-6)
+    early = rms(out.wave[:, 400:2000])
+    late = rms(out.wave[:, 8000:9600])  # 0.5 s later: about 60 dB down at RT60 0.5 s
+    assert bool((early > 0).all()) and bool((late < early * 0.01).all())
 
 
 def test_config_errors_name_the_path():

@@ -100,3 +100,41 @@ def test_heldout_mixtures_have_disjoint_parts_and_are_deterministic(smoke_cfg, d
         np.testing.assert_array_equal(labels, part_labels.max(0))
         assert len(wave) == data.store.clip(int(val[paths.index(parts[0])])).shape[0]
         assert np.isfinite(wave).all() and 0 < np.abs(wave).max() <= 1.0 + 1e-6
+
+
+def test_crops_are_labelled_by_the_instruments_active_in_them():
+    """A stem that rests during a crop is not a label of that crop; clips without activity keep theirs."""
+    import torch
+
+    from ml.data.cache import ClipStore
+    from ml.train import TrainData, _Cropper
+
+    sr, n = 100, 300  # 3-s clips at 100 Hz, 0.1-s activity frames → 30 frames per clip
+    store = ClipStore(
+        data=np.zeros(2 * n, np.float32),
+        offsets=np.array([0, n, 2 * n]),
+        tempo=np.full(2, np.nan, np.float32),
+        sample_rate=sr,
+        paths=("a.wav", "b.wav"),
+    )
+    targets = np.array([[1, 1, 0], [1, 0, 1]], np.float32)
+    activity = np.zeros((2, 3, 30), np.float32)
+    activity[0, 0, :] = 1  # label 0 plays throughout clip 0
+    activity[0, 1, :10] = 1  # label 1 only in the first second of clip 0
+    data = TrainData(
+        manifest=None,  # type: ignore[arg-type]
+        store=store,
+        targets=targets,
+        genre=np.full(2, -1),
+        folds=np.zeros(2, np.int64),
+        activity=activity,
+        has_activity=np.array([True, False]),
+    )
+    cropper = _Cropper(data, crop=100, device=torch.device("cpu"), min_active=0.3)
+    idx = torch.tensor([0, 0, 1])
+    got = cropper._targets(idx, torch.tensor([0, 200, 150]), cropper.lengths[idx])
+    assert got.tolist() == [[1, 1, 0], [1, 0, 0], [1, 0, 1]]
+    # a crop straddling the end of label 1's activity: 0.5 s of 1 s active ≥ 0.3 → labelled
+    assert cropper._targets(idx[:1], torch.tensor([50]), cropper.lengths[:1]).tolist() == [[1, 1, 0]]
+    waves, tg = cropper(idx, torch.Generator().manual_seed(0))
+    assert waves.shape == (3, 100) and tg.shape == (3, 3)
