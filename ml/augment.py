@@ -445,7 +445,7 @@ class Pitch(Augmentation):
 
 
 class ReverbArgs(_RangeArgs):
-    """``reverb``: a synthetic room (exponentially decaying noise) with RT60 and wet level drawn per example."""
+    """``reverb``: a synthetic room (exponentially decaying noise); RT60 and wet level drawn per example."""
 
     rt60_s: float | tuple[float, float] = (0.2, 1.2)
     wet_db: float | tuple[float, float] = (-12.0, 0.0)

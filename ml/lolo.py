@@ -92,7 +92,11 @@ def split_families(
 
 
 def check_no_leak(
-    paths: Sequence[str], records: Mapping[str, ClipRecord], family: str, family_of: Callable[[str], str], what: str
+    paths: Sequence[str],
+    records: Mapping[str, ClipRecord],
+    family: str,
+    family_of: Callable[[str], str],
+    what: str,
 ) -> None:
     """Raise if any of ``paths`` (manifest paths, or OOF mixture names built from them) is of ``family``.
 
@@ -110,7 +114,9 @@ def check_no_leak(
                 raise AssertionError(f"{what}: held-out family {family!r} leaked in through {part!r}")
 
 
-def _report(y: np.ndarray, scores: np.ndarray, thresholds: Sequence[float], labels: list[str]) -> dict[str, Any]:
+def _report(
+    y: np.ndarray, scores: np.ndarray, thresholds: Sequence[float], labels: list[str]
+) -> dict[str, Any]:
     r = metrics.evaluate(y, scores, np.asarray(thresholds, dtype=np.float64), labels)
     return {
         **{k: round(float(r[k]), 4) for k in SUMMARY_KEYS},
@@ -150,7 +156,12 @@ def fit_fusion(cfg: Config, members: Sequence[str]) -> tuple[FusionFit, list[str
             best = r
     assert best is not None
     member_th = {
-        m: [float(t) for t in fusion.fit_thresholds(oof.y_true, oof.scores[cfg.members[m].aggregation][m], objective=objective)]
+        m: [
+            float(t)
+            for t in fusion.fit_thresholds(
+                oof.y_true, oof.scores[cfg.members[m].aggregation][m], objective=objective
+            )
+        ]
         for m in members
     }
     fused = fusion.fuse(
@@ -237,7 +248,15 @@ def run_lolo(
             check_no_leak([r.path for r in data.manifest.records], records, fam, family_of, "training data")
             for k in folds:
                 fold_dir = Path(hcfg.runs_dir) / m / f"fold{k}"
-                res: FitResult = fit(hcfg, m, k, out_dir=fold_dir, hooks=LocalHooks(fold_dir / "work"), data=data, device=device)
+                res: FitResult = fit(
+                    hcfg,
+                    m,
+                    k,
+                    out_dir=fold_dir,
+                    hooks=LocalHooks(fold_dir / "work"),
+                    data=data,
+                    device=device,
+                )
                 training[f"{m}/fold{k}"] = {
                     "epochs": res.epochs_run,
                     "best_epoch": res.best_epoch,
@@ -253,7 +272,12 @@ def run_lolo(
         windows = {m: member_window_scores(hcfg, load_member(hcfg, m, device=device), paths) for m in members}
         rows: dict[str, Any] = {}
         for m in members:
-            rows[m] = _report(y, fusion.aggregate_batch(windows[m], hcfg.members[m].aggregation), fit_.member_thresholds[m], labels)
+            rows[m] = _report(
+                y,
+                fusion.aggregate_batch(windows[m], hcfg.members[m].aggregation),
+                fit_.member_thresholds[m],
+                labels,
+            )
         used = [m for m in members if fit_.weights.get(m, 0.0) > 0]
         fused = fusion.fuse(
             np.stack([fusion.aggregate_batch(windows[m], fit_.aggregation) for m in used]),
@@ -296,21 +320,27 @@ def run_lolo(
     return report
 
 
+def _row(name: str, clips: str, tests: str, e: Mapping[str, Any], t: Mapping[str, Any]) -> str:
+    card = f"{e['cardinality_pred']:.2f}/{e['cardinality_true']:.2f}"
+    return (
+        f"{name:<12} {clips:>6} {tests:>6} {e['macro_f1']:>9.3f} {t['macro_f1']:>8.3f} {e['micro_f1']:>9.3f} "
+        f"{e['lrap']:>6.3f} {e['map']:>6.3f} {card:>11}"
+    )
+
+
 def format_report(report: Mapping[str, Any]) -> str:
     """A plain-text table: one row per held-out family and the mean, ensemble next to trivial."""
-    head = f"{'held out':<12} {'clips':>6} {'tests':>6} {'macro-F1':>9} {'trivial':>8} {'micro-F1':>9} {'LRAP':>6} {'mAP':>6} {'named/true':>11}"
+    head = (
+        f"{'held out':<12} {'clips':>6} {'tests':>6} {'macro-F1':>9} {'trivial':>8} {'micro-F1':>9} "
+        f"{'LRAP':>6} {'mAP':>6} {'named/true':>11}"
+    )
     lines = [head, "-" * len(head)]
     for fam, f in report["families"].items():
-        e, t = f["results"][ENSEMBLE], f["results"][TRIVIAL]
-        lines.append(
-            f"{fam:<12} {f['n_train_clips']:>6} {f['n_test_excerpts']:>6} {e['macro_f1']:>9.3f} {t['macro_f1']:>8.3f} "
-            f"{e['micro_f1']:>9.3f} {e['lrap']:>6.3f} {e['map']:>6.3f} {e['cardinality_pred']:>5.2f}/{e['cardinality_true']:<5.2f}"
-        )
-    e, t = report["mean"][ENSEMBLE], report["mean"][TRIVIAL]
-    lines.append(
-        f"{'mean':<12} {'':>6} {'':>6} {e['macro_f1']:>9.3f} {t['macro_f1']:>8.3f} {e['micro_f1']:>9.3f} "
-        f"{e['lrap']:>6.3f} {e['map']:>6.3f} {e['cardinality_pred']:>5.2f}/{e['cardinality_true']:<5.2f}"
-    )
+        r = f["results"]
+        lines.append(_row(fam, str(f["n_train_clips"]), str(f["n_test_excerpts"]), r[ENSEMBLE], r[TRIVIAL]))
+    lines.append(_row("mean", "", "", report["mean"][ENSEMBLE], report["mean"][TRIVIAL]))
     pcf = report["mean"][ENSEMBLE]["per_class_f1"]
-    lines.append("per-class F1 (mean over held-out families): " + ", ".join(f"{c} {v:.2f}" for c, v in pcf.items()))
+    lines.append(
+        "per-class F1, mean over held-out families: " + ", ".join(f"{c} {v:.2f}" for c, v in pcf.items())
+    )
     return "\n".join(lines)

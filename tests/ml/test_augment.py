@@ -288,7 +288,9 @@ def test_pitch_moves_a_tone_by_the_drawn_interval(semitones):
 
 def test_eq_changes_the_spectral_envelope_and_keeps_rms():
     noise = torch.randn(4, SR, generator=gen(1)) * 0.1
-    b = Batch(wave=noise, target=one_hot([0, 1, 2, 3]), genre=torch.full((4,), -1), tempo=torch.full((4,), 1.0))
+    b = Batch(
+        wave=noise, target=one_hot([0, 1, 2, 3]), genre=torch.full((4,), -1), tempo=torch.full((4,), 1.0)
+    )
     out = aug("eq", max_db=12.0, tilt_db=12.0)(b, gen())
     torch.testing.assert_close(rms(out.wave), rms(noise), rtol=1e-4, atol=1e-6)
     bands = torch.fft.rfft(out.wave).abs().square().view(4, -1).split(1000, dim=1)
