@@ -35,7 +35,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -1101,9 +1101,20 @@ def prepare(cfg: Config, *, trained: bool) -> tuple[Config, dict[str, list[str]]
     return with_runs_dir(cfg, runs), ckpts
 
 
-def run(cfg: Config, *, quick: bool, trained: bool = False) -> dict[str, Any]:
-    """Limit, product and ratio (see the module doc)."""
+def run(
+    cfg: Config,
+    *,
+    quick: bool,
+    trained: bool = False,
+    clients: Sequence[int] | None = None,
+    song_seconds: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """Limit, product and ratio (see the module doc); ``clients``/``song_seconds`` replace the plan's."""
     plan = QUICK if quick else FULL
+    if clients:
+        plan = replace(plan, clients=tuple(sorted(set(clients))))
+    if song_seconds:
+        plan = replace(plan, song_seconds=tuple(song_seconds))
     t_start = time.perf_counter()
     cfg, ckpts = prepare(cfg, trained=trained)
     print(
@@ -1152,9 +1163,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m bench.inference [--quick] [--trained] [--no-write]``."""
     p = common.parser(__doc__.splitlines()[0] if __doc__ else NAME)
     p.add_argument("--trained", action="store_true", help="use the trained checkpoints under runs_dir")
+    p.add_argument("--clients", type=int, nargs="+", metavar="N", help="client counts (default: the plan's)")
+    p.add_argument("--song-seconds", type=float, nargs="+", metavar="S", help="song lengths in s")
     args = p.parse_args(argv)
     cfg = common.load(args)
-    result = run(cfg, quick=args.quick, trained=args.trained)
+    result = run(
+        cfg, quick=args.quick, trained=args.trained, clients=args.clients, song_seconds=args.song_seconds
+    )
     result["machine"] = common.machine_info()
     result["headline_text"] = headline_text(result)
     r = result["ratio"]

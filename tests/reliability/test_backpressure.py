@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from ml.config import Config
-from ml.service import MemberUnavailableError
+from ml.service import MemberUnavailableError, Song
 from serve.api import create_api
 from tests.reliability.conftest import report
 from tests.reliability.corpus import encode, tone
@@ -50,11 +50,11 @@ class Unavailable:
     def sample_rate(self, member: str) -> int:
         return 22050
 
-    async def score(self, member: str, windows: np.ndarray) -> np.ndarray:
+    async def score(self, member: str, song: Song) -> np.ndarray:
         if member == "res_bpm":
             raise self.exc
         await asyncio.sleep(0.05)
-        return np.full((len(windows), self.n_labels), 0.5, np.float32)
+        return np.full((song.windows, self.n_labels), 0.5, np.float32)
 
 
 @pytest.mark.parametrize(
