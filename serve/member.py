@@ -136,18 +136,15 @@ class MemberModel:
                 f"{starts.shape} in [{starts.min() if starts.size else 0:g}, "
                 f"{starts.max() if starts.size else 0:g}] s)"
             )
-        return await self.score_batch(w, int(sample_rate), starts)
+        return await self.score_batch((w, int(sample_rate), starts))
 
     @serve.batch(max_batch_size=_DEFAULT_MAX_BATCH, batch_wait_timeout_s=_DEFAULT_WAIT_S)
-    async def score_batch(
-        self, waves: list[np.ndarray], rates: list[int], starts: list[np.ndarray]
-    ) -> list[np.ndarray]:
+    async def score_batch(self, songs: list[tuple[np.ndarray, int, np.ndarray]]) -> list[np.ndarray]:
         """Resample, frame and score the windows of many songs together (off the event loop), split back."""
-        songs = list(zip(waves, rates, starts, strict=True))
         scores = await asyncio.to_thread(self.predictor.score_songs, songs)
         self.batches += 1
         self.items += len(songs)
-        self.windows += sum(len(s) for s in starts)
+        self.windows += sum(len(s[2]) for s in songs)
         self.max_items_per_batch = max(self.max_items_per_batch, len(songs))
         return scores
 
