@@ -12,7 +12,7 @@ ARGS ?=
 APT_PACKAGES := libsndfile1 libfluidsynth3 fluid-soundfont-gm chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup system-deps test test-fast lint format run data train fuse evaluate serve mlflow bench clean
+.PHONY: help setup system-deps test test-fast lint format run data train fuse evaluate serve mlflow bench gpu-check clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -69,6 +69,10 @@ run: setup data train fuse ## install, build demo data, train, fuse and serve (t
 
 bench: setup ## benchmarks → bench/results/*.json + docs/benchmarks.md (~30 min on 2 cores; ARGS=--quick: ~5)
 	$(PY) -m bench $(ARGS)
+
+GPU_CHECK_OUT ?= bench/results/gpu-check
+gpu-check: ## on a CUDA host: GPU training trials, GPU Serve replicas, quick inference bench (~5 min) → $(GPU_CHECK_OUT)
+	$(PY) -m bench --gpu-check --out $(GPU_CHECK_OUT) $(ARGS)
 
 mlflow: setup ## MLflow UI on http://127.0.0.1:5000 (SQL store)
 	$(MPIC) mlflow --profile $(PROFILE)

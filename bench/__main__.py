@@ -1,5 +1,8 @@
 """``python -m bench [--quick] [--only NAME ...]``: run the benchmarks, then refresh docs/benchmarks.md.
 
+``python -m bench --gpu-check --out DIR`` instead runs the short GPU check of :mod:`bench.gpu_check`
+(GPU training trials, GPU Serve replicas, the quick inference bench; results under ``DIR``).
+
 Each benchmark runs in its own process (its own Ray instance, memory returned afterwards), one after the
 other so they never compete for the cores. A failing benchmark does not stop the others; the exit status
 says whether all passed. ``--profile/--set`` are passed on to every benchmark.
@@ -26,7 +29,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="minutes, not half an hour (noisier figures)")
     p.add_argument("--only", nargs="+", choices=BENCHMARKS, help="run only these")
     p.add_argument("--report-only", action="store_true", help="rebuild docs/benchmarks.md from results/")
+    p.add_argument("--gpu-check", action="store_true", help="bench.gpu_check (--out DIR)")
     args, passthrough = p.parse_known_args(None if argv is None else list(argv))
+    if args.gpu_check:
+        from bench import gpu_check
+
+        return gpu_check.main(passthrough)
     if not args.report_only:
         runs: dict[str, dict[str, float | int]] = {}
         t_all = time.perf_counter()

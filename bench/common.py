@@ -149,12 +149,13 @@ def write_result(name: str, result: dict[str, Any], markdown: str, *, quick: boo
         **result,
     }
     path = RESULTS_DIR / f"{name}.json"
-    path.write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
+    path.write_text(json.dumps(doc, indent=2, default=json_default) + "\n")
     (RESULTS_DIR / f"{name}.md").write_text(markdown.rstrip() + "\n")
     return path
 
 
-def _json_default(o: Any) -> Any:
+def json_default(o: Any) -> Any:
+    """``json.dumps(default=…)`` for numpy scalars/arrays and paths."""
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):

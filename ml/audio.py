@@ -7,6 +7,7 @@ any sample rate and channel count → mono float32 at the requested rate. Bad in
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import re
@@ -18,7 +19,7 @@ from typing import BinaryIO
 import numpy as np
 import soundfile as sf
 import torch
-import torchaudio.functional as taf
+import torchaudio.transforms as tat
 
 
 class AudioError(ValueError):
@@ -113,9 +114,27 @@ def resample(wave: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
     """
     if orig_rate == new_rate:
         return np.ascontiguousarray(wave, dtype=np.float32)
-    orig, new = _bounded_ratio(int(orig_rate), int(new_rate))
     t = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
-    return taf.resample(t, orig, new).numpy()
+    return resample_tensor(t, orig_rate, new_rate).numpy()
+
+
+def resample_tensor(wave: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
+    """:func:`resample` of a float32 tensor ``(..., S)`` on its own device (CPU or GPU).
+
+    The same numbers as :func:`resample` (torchaudio's windowed-sinc kernel, computed in float32 exactly as
+    ``torchaudio.functional.resample`` does), but the kernel is built once per rate pair and device and
+    reused: building it costs more than applying it to a 10-s song (bench/inference.py).
+    """
+    if orig_rate == new_rate:
+        return wave
+    orig, new = _bounded_ratio(int(orig_rate), int(new_rate))
+    return _resampler(orig, new, str(wave.device))(wave)
+
+
+@functools.lru_cache(maxsize=64)
+def _resampler(orig: int, new: int, device: str) -> torch.nn.Module:
+    # dtype=float32: the kernel torchaudio.functional.resample builds for float32 waves (bit-identical)
+    return tat.Resample(orig, new, dtype=torch.float32).to(device)
 
 
 MAX_RESAMPLE_KERNEL = 1 << 22  # elements (16 MB of float32)

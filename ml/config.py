@@ -252,8 +252,22 @@ class ServeLimits(_Strict):
     request_timeout_s: Annotated[float, Field(gt=0)] = 120.0
 
 
+class DeviceBatching(_Strict):
+    """How a member replica on one kind of device batches: songs per ``@serve.batch``, windows per forward."""
+
+    max_batch_size: Annotated[int, Field(ge=1)] = 64
+    batch_wait_timeout_s: Annotated[float, Field(ge=0)] = 0.01
+    window_batch_size: Annotated[int, Field(ge=1)] | None = None  # None: inference.batch_size
+
+
 class ServeConfig(_Strict):
-    """Ray Serve application: one deployment per member plus a FastAPI ingress."""
+    """Ray Serve application: one deployment per member plus a FastAPI ingress.
+
+    ``max_batch_size`` / ``batch_wait_timeout_s`` apply to member replicas on CPU; ``cuda`` replaces them (and
+    the windows per forward pass) on GPU replicas, where bigger batches are what makes the GPU pay.
+    ``ingress_autoscaling`` defaults to ``autoscaling`` with ``max_replicas`` = the node's CPU count, so the
+    ingress (decoding, the only per-song CPU work left) can use every core of a GPU node.
+    """
 
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 8080
@@ -266,8 +280,12 @@ class ServeConfig(_Strict):
     num_cpus: Annotated[float, Field(gt=0)] = 1.0
     num_gpus: Annotated[float, Field(ge=0)] = 0.25
     ingress_num_cpus: Annotated[float, Field(gt=0)] = 0.5
+    cuda: DeviceBatching = DeviceBatching(
+        max_batch_size=128, batch_wait_timeout_s=0.02, window_batch_size=512
+    )
     autoscaling: AutoscalingConfig = AutoscalingConfig()
     member_autoscaling: dict[str, AutoscalingConfig] = {}
+    ingress_autoscaling: AutoscalingConfig | None = None
     limits: ServeLimits = ServeLimits()
     api_key: str | None = None
     cors_origins: list[str] = []
@@ -278,6 +296,18 @@ class ServeConfig(_Strict):
         if self.max_ongoing_requests < self.max_batch_size:
             raise ValueError("max_ongoing_requests must be >= max_batch_size, or batches never fill")
         return self
+
+    def batching(self, device: str) -> DeviceBatching:
+        """Member batching on a device type (``"cuda"``: :attr:`cuda`; else the top-level settings).
+
+        A replica never has more than ``max_ongoing_requests`` calls at once, so no batch can be larger.
+        """
+        if device == "cuda":
+            size = min(self.cuda.max_batch_size, self.max_ongoing_requests)
+            return self.cuda.model_copy(update={"max_batch_size": size})
+        return DeviceBatching(
+            max_batch_size=self.max_batch_size, batch_wait_timeout_s=self.batch_wait_timeout_s
+        )
 
 
 class MlflowConfig(_Strict):

@@ -10,6 +10,7 @@ aligned to the end), the windows of many files are batched together through ever
 from __future__ import annotations
 
 import math
+import warnings
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ml.audio import Audio, AudioError, decode, resample
+from ml.audio import Audio, AudioError, decode, resample, resample_tensor
 from ml.checkpoint import MODEL_FILE, CheckpointError, load_classifier
 from ml.fusion import aggregate
 from ml.models import Classifier
@@ -41,15 +42,60 @@ def window_starts(duration_s: float, window_s: float, hop_s: float) -> np.ndarra
     return starts
 
 
+def window_offsets(starts_s: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Window starts in samples: ``round(start_s * sample_rate)`` (half to even), as int64."""
+    return np.rint(np.asarray(starts_s, dtype=np.float64) * sample_rate).astype(np.int64)
+
+
+def frame_tensor(wave: torch.Tensor, sample_rate: int, starts_s: np.ndarray, window_s: float) -> torch.Tensor:
+    """Cut windows starting at ``starts_s`` seconds out of a 1-D tensor → (W, window_samples), zero-padded.
+
+    Runs on the wave's device with no loop over windows: evenly spaced starts (all of them, or all but the
+    final end-aligned one) are one strided view (``unfold``) copied once; the remaining starts are gathered.
+    """
+    size = round(window_s * sample_rate)
+    offs = window_offsets(starts_s, sample_rate)
+    if len(offs) == 0:
+        return wave.new_zeros((0, size))
+    need = int(offs.max()) + size
+    if need > wave.shape[-1]:
+        wave = torch.nn.functional.pad(wave, (0, need - wave.shape[-1]))
+    step = int(offs[1] - offs[0]) if len(offs) > 1 else 1
+    regular = 1
+    if step > 0 and offs[0] == 0:
+        same = offs == np.arange(len(offs)) * step
+        regular = len(offs) if same.all() else int(np.argmin(same))
+    if offs[0] != 0 or step <= 0:
+        regular = 0
+    parts = []
+    if regular:
+        parts.append(wave.unfold(0, size, step)[:regular])
+    if regular < len(offs):
+        rest = torch.as_tensor(offs[regular:], device=wave.device)
+        parts.append(wave[rest[:, None] + torch.arange(size, device=wave.device)])
+    return torch.cat(parts) if len(parts) > 1 else parts[0].contiguous()
+
+
 def frame_windows(wave: np.ndarray, sample_rate: int, starts_s: np.ndarray, window_s: float) -> np.ndarray:
     """Cut windows starting at ``starts_s`` seconds into a (W, window_samples) float32 array (zero-padded)."""
-    size = round(window_s * sample_rate)
-    out = np.zeros((len(starts_s), size), dtype=np.float32)
-    for i, s in enumerate(starts_s):
-        a = round(s * sample_rate)
-        chunk = wave[a : a + size]
-        out[i, : len(chunk)] = chunk
-    return out
+    t = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+    return frame_tensor(t, sample_rate, starts_s, window_s).numpy()
+
+
+def as_tensor(wave: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A float32 1-D tensor sharing ``wave``'s memory where possible.
+
+    Arrays from Ray's object store are read-only views of shared memory; torch warns that it cannot
+    protect them from writes, but nothing here writes to an input wave, so the warning is silenced.
+    """
+    if isinstance(wave, torch.Tensor):
+        return wave.float()
+    arr = np.asarray(wave)
+    if arr.dtype != np.float32:
+        arr = arr.astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        return torch.from_numpy(arr)
 
 
 @dataclass
@@ -196,6 +242,37 @@ class Predictor:
                 for m in self.models:
                     acc += torch.sigmoid(m(xb).float())
             out[a : a + xb.shape[0]] = (acc / len(self.models)).cpu().numpy()
+        return out
+
+    @torch.inference_mode()
+    def score_songs(
+        self, songs: Sequence[tuple[np.ndarray | torch.Tensor, int, np.ndarray]]
+    ) -> list[np.ndarray]:
+        """Window scores of whole songs, batched together → one (W_i, C) array per song.
+
+        Each song is ``(wave, rate, starts_s)``: a mono wave at any ``rate`` (decoded once, not yet
+        resampled) and its window starts in seconds. The wave is moved to this predictor's device, resampled
+        to :attr:`sample_rate`, framed, and the windows of all songs go through :meth:`score_windows`
+        together; everything between the upload and the scores runs on the device, with no loop over windows.
+        Songs are grouped so that at most ``16 × batch_size`` windows are framed at once.
+        """
+        out: list[np.ndarray] = []
+        group: list[torch.Tensor] = []
+        budget = 16 * self.batch_size
+
+        def flush() -> None:
+            if group:
+                scores = self.score_windows(torch.cat(group) if len(group) > 1 else group[0])
+                out.extend(np.split(scores, np.cumsum([len(g) for g in group])[:-1]))
+                group.clear()
+
+        for wave, rate, starts in songs:
+            t = as_tensor(wave).to(self.device, non_blocking=True)
+            t = resample_tensor(t, int(rate), self.sample_rate)
+            group.append(frame_tensor(t, self.sample_rate, starts, self.window_s))
+            if sum(len(g) for g in group) >= budget:
+                flush()
+        flush()
         return out
 
     def windows_for(self, wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,16 +1,18 @@
 """The analysis flow behind the HTTP API, without HTTP: backends, fusion settings, decode → fan out → fuse.
 
 :func:`analyze` is what both the FastAPI app (:mod:`serve.api`) and any other front end call: decode each
-upload once (in a worker thread), resample once per distinct member sample rate, cut windows, score every
-member with a positive weight concurrently through a :class:`Backend` (in-process :class:`LocalBackend`, or
-Ray Serve deployment handles in :mod:`serve.ingress`), fuse and build per-file results. The fusion settings
-(:class:`Fusion`: weights, aggregation, thresholds) come from the ensemble spec and can be swapped live
-(:class:`FusionUpdate`, :func:`apply_fusion_update`).
+upload once (in a worker thread) at its own rate, place the windows, send each member the song (one compact
+float32 mono array, :class:`Song`) concurrently through a :class:`Backend` (in-process :class:`LocalBackend`,
+or Ray Serve deployment handles in :mod:`serve.ingress`), which resample, frame and score on the member's
+device with the windows of many songs batched together; then fuse and build per-file results. The fusion
+settings (:class:`Fusion`: weights, aggregation, thresholds) come from the ensemble spec and can be swapped
+live (:class:`FusionUpdate`, :func:`apply_fusion_update`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -25,10 +27,10 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from ml.audio import Audio, AudioError, decode, resample
+from ml.audio import Audio, AudioError, decode
 from ml.config import Aggregation, Config
 from ml.ensemble import SPEC_FORMAT, EnsembleSpec, SpecError, resolve_spec
-from ml.inference import FileResult, Predictor, build_result, frame_windows, fuse_windows, window_starts
+from ml.inference import FileResult, Predictor, build_result, fuse_windows, window_starts
 
 log = logging.getLogger("mpic.service")
 
@@ -37,6 +39,30 @@ Loader = Callable[[Config, str, torch.device], Predictor]
 
 
 # ---- backends -----------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Song:
+    """One decoded upload as the members receive it: compact, decoded once, resampled by each member.
+
+    Attributes:
+        wave: (S,) float32 mono samples at ``sample_rate`` (the file's own rate: each member resamples to
+            its rate on its own device, inside its batch).
+        sample_rate: Rate of ``wave`` (Hz).
+        starts_s: Window starts in seconds, the same for every member (:func:`ml.inference.window_starts`).
+        cache: Scratch space for a backend (the Serve backend keeps the object-store reference of ``wave``
+            here, so every member reads the one copy).
+    """
+
+    wave: np.ndarray
+    sample_rate: int
+    starts_s: np.ndarray
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def windows(self) -> int:
+        """Number of windows."""
+        return len(self.starts_s)
 
 
 class Backend(Protocol):
@@ -48,11 +74,15 @@ class Backend(Protocol):
     members: list[str]
 
     def sample_rate(self, member: str) -> int:
-        """The rate (Hz) the member's windows must be sampled at."""
+        """The rate (Hz) the member's models run at (reported by ``/models``)."""
         ...
 
-    async def score(self, member: str, windows: np.ndarray) -> np.ndarray:
-        """Sigmoid scores (W, C) for float32 windows (W, S) of one file."""
+    async def score(self, member: str, song: Song) -> np.ndarray:
+        """Sigmoid scores (W, C) of one song's windows (resampled, framed and scored by the member).
+
+        Backends batch concurrent calls (windows of many songs in one forward pass) and may raise
+        :class:`MemberUnavailableError`; any other exception is reported as the member failing.
+        """
         ...
 
 
@@ -104,16 +134,24 @@ class LocalBackend:
     """In-process backend (no Ray).
 
     Scoring runs in worker threads (``asyncio.to_thread``), one forward per member at a time (a lock per
-    member keeps torch from oversubscribing the cores).
+    member keeps torch from oversubscribing the cores). Songs that arrive while a member is busy are
+    batched: the next forward takes all of them (like ``@serve.batch`` in the Serve backend), so a request
+    with many files, or many concurrent requests, fill batches with windows of many songs.
     """
 
-    def __init__(self, predictors: Mapping[str, Predictor]) -> None:
-        """Serve these predictors, keyed by member name."""
+    def __init__(self, predictors: Mapping[str, Predictor], *, max_batch_songs: int = 64) -> None:
+        """Serve these predictors, keyed by member name; at most ``max_batch_songs`` songs per forward."""
         if not predictors:
             raise ValueError("LocalBackend needs at least one predictor")
         self.predictors = dict(predictors)
         self.members = list(self.predictors)
+        self.max_batch_songs = max_batch_songs
         self._locks = {m: threading.Lock() for m in self.predictors}
+        # per (member, event loop): songs waiting for the next forward, and the task running forwards
+        self._pending: dict[tuple[str, int], list[tuple[Song, asyncio.Future[np.ndarray]]]] = {}
+        self._drains: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self.batches = 0
+        self.songs = 0
 
     @classmethod
     def from_config(
@@ -147,13 +185,47 @@ class LocalBackend:
         """The predictor's own rate (checkpoints are self-describing)."""
         return int(self.predictors[member].sample_rate)
 
-    async def score(self, member: str, windows: np.ndarray) -> np.ndarray:
-        """Score in a worker thread."""
-        return await asyncio.to_thread(self._score, member, windows)
+    async def score(self, member: str, song: Song) -> np.ndarray:
+        """Queue the song for the member's next batch and wait for its scores."""
+        if member not in self.predictors:
+            raise KeyError(f"unknown member {member!r}")
+        loop = asyncio.get_running_loop()
+        key = (member, id(loop))
+        fut: asyncio.Future[np.ndarray] = loop.create_future()
+        self._pending.setdefault(key, []).append((song, fut))
+        if key not in self._drains:
+            self._drains[key] = asyncio.create_task(self._drain(key))
+        return await fut
 
-    def _score(self, member: str, windows: np.ndarray) -> np.ndarray:
+    async def _drain(self, key: tuple[str, int]) -> None:
+        member, pending = key[0], self._pending[key]
+        try:
+            while pending:
+                batch = pending[: self.max_batch_songs]
+                del pending[: len(batch)]
+                batch = [(s, f) for s, f in batch if not f.done()]  # callers that gave up
+                if not batch:
+                    continue
+                try:
+                    scores = await asyncio.to_thread(self._score, member, [s for s, _ in batch])
+                except Exception as e:
+                    for _, f in batch:
+                        if not f.done():
+                            f.set_exception(e)
+                    continue
+                for (_, f), out in zip(batch, scores, strict=True):
+                    if not f.done():
+                        f.set_result(out)
+        finally:  # also when the loop shuts down: nobody may wait forever on a queued song
+            del self._drains[key]
+            for _, f in self._pending.pop(key, []):
+                f.cancel()
+
+    def _score(self, member: str, songs: Sequence[Song]) -> list[np.ndarray]:
         with self._locks[member]:
-            return self.predictors[member].score_windows(windows)
+            self.batches += 1
+            self.songs += len(songs)
+            return self.predictors[member].score_songs([(s.wave, s.sample_rate, s.starts_s) for s in songs])
 
     async def health(self, member: str) -> dict[str, Any]:
         """Device and process of the in-process predictor."""
@@ -363,8 +435,7 @@ class _Decoded:
     name: str
     audio: Audio | None = None
     error: str | None = None
-    starts: np.ndarray | None = None
-    windows: dict[int, np.ndarray] = field(default_factory=dict)  # sample rate → (W, S)
+    song: Song | None = None
 
 
 class MemberUnavailableError(RuntimeError):
@@ -395,10 +466,9 @@ class ScoringError(RuntimeError):
         self.retry_after_s = retry_after_s
 
 
-def _decode_and_frame(
+def _decode(
     name: str,
     data: bytes,
-    rates: Collection[int],
     *,
     window_s: float,
     hop_s: float,
@@ -406,7 +476,7 @@ def _decode_and_frame(
     min_seconds: float,
     silence_dbfs: float,
 ) -> _Decoded:
-    """Decode once, resample once per rate and frame windows (runs in a worker thread)."""
+    """Decode once at the file's own rate and place the windows (runs in a worker thread)."""
     try:
         audio = decode(
             data, None, max_seconds=max_seconds, min_seconds=min_seconds, silence_dbfs=silence_dbfs
@@ -417,11 +487,7 @@ def _decode_and_frame(
         log.warning("decoding %r failed unexpectedly: %r", name, e)
         return _Decoded(name, error=f"undecodable: could not decode the audio ({type(e).__name__})")
     starts = window_starts(audio.duration_s, window_s, hop_s)
-    windows = {}
-    for rate in sorted(set(rates)):
-        wave = resample(audio.wave, audio.sample_rate, rate)
-        windows[rate] = frame_windows(wave, rate, starts, window_s)
-    return _Decoded(name, audio=audio, starts=starts, windows=windows)
+    return _Decoded(name, audio=audio, song=Song(audio.wave, audio.sample_rate, starts))
 
 
 async def analyze(
@@ -441,33 +507,25 @@ async def analyze(
     active = [m for m in backend.members if weights.get(m, 0.0) > 0]
     if not active:
         raise WeightsError("no served member has a positive weight")
-    rate_of = {m: int(backend.sample_rate(m)) for m in active}
     inf = cfg.inference
     max_seconds = min(cfg.audio.max_seconds, cfg.serve.limits.max_seconds)
-    decoded: list[_Decoded] = list(
-        await asyncio.gather(
-            *(
-                asyncio.to_thread(
-                    _decode_and_frame,
-                    name,
-                    data,
-                    set(rate_of.values()),
-                    window_s=inf.window_s,
-                    hop_s=inf.hop_s,
-                    max_seconds=max_seconds,
-                    min_seconds=cfg.audio.min_seconds,
-                    silence_dbfs=cfg.audio.silence_dbfs,
-                )
-                for name, data in uploads
-            )
-        )
+    decode_one = functools.partial(
+        _decode,
+        window_s=inf.window_s,
+        hop_s=inf.hop_s,
+        max_seconds=max_seconds,
+        min_seconds=cfg.audio.min_seconds,
+        silence_dbfs=cfg.audio.silence_dbfs,
     )
-    good = [d for d in decoded if d.audio is not None]
-    jobs = [(d, m) for d in good for m in active]
+    decoded: list[_Decoded] = list(
+        await asyncio.gather(*(asyncio.to_thread(decode_one, name, data) for name, data in uploads))
+    )
+    jobs = [(d, m) for d in decoded if d.song is not None for m in active]
 
     async def score(d: _Decoded, m: str) -> np.ndarray:
+        assert d.song is not None
         try:
-            return await backend.score(m, d.windows[rate_of[m]])
+            return await backend.score(m, d.song)
         except MemberUnavailableError as e:
             raise ScoringError(str(e), member=e.member, retry_after_s=e.retry_after_s) from e
         except Exception as e:
@@ -484,7 +542,7 @@ async def analyze(
     per_file: dict[int, dict[str, np.ndarray]] = {}
     for (d, m), out in zip(jobs, outputs, strict=True):
         arr = np.asarray(out, dtype=np.float32)
-        n_windows = len(d.starts) if d.starts is not None else 0
+        n_windows = d.song.windows if d.song is not None else 0
         if arr.shape != (n_windows, n_labels):
             raise ScoringError(
                 f"member {m!r} returned scores of shape {arr.shape}, expected {(n_windows, n_labels)}",
@@ -493,13 +551,20 @@ async def analyze(
         per_file.setdefault(id(d), {})[m] = arr
     results: list[FileResult] = []
     for d in decoded:
-        if d.audio is None or d.starts is None:
+        if d.audio is None or d.song is None:
             results.append(FileResult(file=d.name, error=d.error or "could not decode"))
             continue
         file_scores, fused = fuse_windows(per_file[id(d)], weights, aggregation)
         results.append(
             build_result(
-                d.name, d.audio, file_scores, fused, d.starts, cfg.label_codes, thresholds, inf.window_s
+                d.name,
+                d.audio,
+                file_scores,
+                fused,
+                d.song.starts_s,
+                cfg.label_codes,
+                thresholds,
+                inf.window_s,
             )
         )
     return results

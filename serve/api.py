@@ -8,9 +8,10 @@ for both:
 1. read the uploads, enforcing the total-bytes and file-count limits (413);
 2. decode each file once in a worker thread (``ml.audio.decode``; a file that fails gets an error entry
    while the others go on), with the per-file duration limit;
-3. resample once per distinct member sample rate and cut the windows (``window_starts``/``frame_windows``);
-4. fan out to every member with a positive weight concurrently (one ``score`` call per member and file, so
-   Serve's batching can merge songs from concurrent requests into one forward pass);
+3. place the windows (``window_starts``) once for all members;
+4. fan out to every member with a positive weight concurrently: one ``score`` call per member and file with
+   the decoded song (float32 mono at the file's rate); the member resamples, frames and scores it on its
+   device, and batches the windows of concurrent songs into one forward pass;
 5. fuse with ``fuse_windows`` + ``build_result`` and format as JSON or CSV (``ml.results``).
 
 Run it without Ray for development: ``python -m serve.api --profile demo --allow-untrained``.

@@ -13,6 +13,7 @@ thresholds, aggregation or a new spec) is a lightweight update: no replica resta
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -135,6 +136,31 @@ def cluster_has_gpu() -> bool:
     return torch.cuda.device_count() > 0
 
 
+def node_cpus() -> int:
+    """CPU cores of the largest node of the connected Ray cluster (of this machine when not connected)."""
+    if ray.is_initialized():
+        try:
+            per_node = [float(n["Resources"].get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
+            if per_node:
+                return max(1, int(max(per_node)))
+        except Exception:  # the cluster view is a nicety here; fall back to this machine
+            pass
+    return max(1, os.cpu_count() or 1)
+
+
+def ingress_autoscaling(cfg: Config) -> AutoscalingConfig:
+    """``serve.ingress_autoscaling``, or by default ``serve.autoscaling`` up to one replica per node core.
+
+    The ingress decodes every upload (the one per-song CPU cost that cannot move to the members' devices),
+    so on a many-core GPU node it must be able to spread over the cores while the GPU members stay few.
+    """
+    s = cfg.serve
+    if s.ingress_autoscaling is not None:
+        return s.ingress_autoscaling
+    top = max(s.autoscaling.max_replicas, node_cpus())
+    return s.autoscaling.model_copy(update={"max_replicas": top})
+
+
 def member_options(cfg: Config, member: str, *, has_gpu: bool) -> dict[str, Any]:
     """``MemberModel.options(...)`` of one member, all from ``cfg.serve``."""
     s = cfg.serve
@@ -183,7 +209,7 @@ def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
     }
     ingress = cast(Deployment, Ingress).options(
         name=INGRESS_NAME,
-        autoscaling_config=_autoscaling(cfg.serve.autoscaling),
+        autoscaling_config=_autoscaling(ingress_autoscaling(cfg)),
         max_ongoing_requests=cfg.serve.max_ongoing_requests,
         max_queued_requests=cfg.serve.max_queued_requests,
         backpressure_config=backpressure_config(cfg),

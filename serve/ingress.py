@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import ray
 from fastapi import FastAPI
 from ray import serve
 from ray.exceptions import RayActorError
@@ -25,6 +26,7 @@ from ml.ensemble import EnsembleSpec
 from ml.service import (
     FusionBox,
     MemberUnavailableError,
+    Song,
     apply_fusion_update,
     config_sample_rate,
     fusion_from_spec,
@@ -62,11 +64,20 @@ class ServeBackend:
         """The member's configured front-end rate (the replica refuses to start if its models differ)."""
         return self._rates[member]
 
-    async def score(self, member: str, windows: np.ndarray) -> np.ndarray:
-        """One song's windows to the member deployment (batched there with concurrent songs)."""
+    async def score(self, member: str, song: Song) -> np.ndarray:
+        """One song to the member deployment (batched there with concurrent songs).
+
+        The wave goes into Ray's object store once per song (``ray.put``, kept in ``song.cache``); every
+        member gets the reference, which Ray resolves to a zero-copy read-only array in the replica.
+        """
+        ref = song.cache.get("ray_ref")
+        if ref is None:
+            ref = song.cache["ray_ref"] = ray.put(song.wave)
         for attempt in range(self.retries + 1):
             try:
-                result: np.ndarray = await self.handles[member].score.remote(windows)
+                result: np.ndarray = await self.handles[member].score.remote(
+                    ref, song.sample_rate, song.starts_s
+                )
                 return result
             except BackPressureError as e:
                 retry = e.retry_after_s if e.retry_after_s is not None else self.retry_after_s

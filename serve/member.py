@@ -1,8 +1,12 @@
 """One Ray Serve deployment class for every ensemble member.
 
 ``MemberModel.options(name=f"member_{m}", ...).bind(cfg, m)`` loads all fold models of member ``m`` on the
-device Ray assigned (CUDA only when the replica got a GPU *and* CUDA exists) and scores windows. Calls
-from many concurrent songs are merged by ``@serve.batch`` into one forward pass and split back.
+device Ray assigned (CUDA only when the replica got a GPU *and* CUDA exists) and scores whole songs: each
+call brings one decoded song (a float32 mono array at the file's own rate, read zero-copy from Ray's object
+store, where the ingress put it once for all members) and its window starts. Calls from many concurrent songs
+are merged by ``@serve.batch``; the batch is resampled, framed and scored on the replica's device
+(:meth:`ml.inference.Predictor.score_songs`), so the CPU work per song outside the models is a few copies.
+Batch sizes come from ``serve`` in ``config.yml`` (``serve.cuda`` on a GPU replica).
 """
 
 from __future__ import annotations
@@ -73,15 +77,21 @@ class MemberModel:
             self.predictor = loader(cfg, member, self.device)
         # The ingress frames windows at the configured front-end rate and window length.
         check_predictor(cfg, member, self.predictor, expect_rate=config_sample_rate(cfg, member))
-        self.window_samples = round(self.predictor.window_s * self.predictor.sample_rate)
         self.n_labels = len(self.predictor.labels)
         self.batches = 0
         self.items = 0
+        self.windows = 0
         self.max_items_per_batch = 0
         self.started = time.time()
-        self._apply_batching(cfg.serve.max_batch_size, cfg.serve.batch_wait_timeout_s)
-        # Warm up (first-call allocations) so the first request is not slow and a broken model fails here.
-        self.predictor.score_windows(np.zeros((1, self.window_samples), dtype=np.float32))
+        batching = cfg.serve.batching(self.device.type)
+        if batching.window_batch_size:
+            self.predictor.batch_size = batching.window_batch_size
+        self._defaults = (batching.max_batch_size, batching.batch_wait_timeout_s)
+        self._apply_batching(*self._defaults)
+        # Warm up (first-call allocations, the resampling kernels of common rates) so the first request is
+        # not slow and a broken model fails here.
+        for rate in sorted({self.predictor.sample_rate, 44100, 48000}):
+            self.predictor.score_songs([(np.zeros(rate, dtype=np.float32), rate, np.zeros(1))])
 
     def _apply_batching(self, max_batch_size: int, wait_s: float) -> None:
         batched = cast(Any, self.score_batch)  # @serve.batch adds the setters
@@ -96,29 +106,47 @@ class MemberModel:
         if unknown:
             raise ValueError(f"unknown member user_config keys {unknown}")
         self._apply_batching(
-            uc.get("max_batch_size", self.cfg.serve.max_batch_size),
-            uc.get("batch_wait_timeout_s", self.cfg.serve.batch_wait_timeout_s),
+            uc.get("max_batch_size", self._defaults[0]), uc.get("batch_wait_timeout_s", self._defaults[1])
         )
 
-    async def score(self, windows: np.ndarray) -> np.ndarray:
-        """Sigmoid scores (W, C) of one song's windows (W, S); batched with concurrent calls."""
-        w = np.asarray(windows, dtype=np.float32)
-        if w.ndim != 2 or w.shape[1] != self.window_samples or len(w) == 0:
+    async def score(self, wave: np.ndarray, sample_rate: int, starts_s: np.ndarray) -> np.ndarray:
+        """Sigmoid scores (W, C) of one song; batched with concurrent calls.
+
+        Args:
+            wave: (S,) float32 mono samples (any rate; pass an object-store reference to share one copy).
+            sample_rate: Rate of ``wave`` (Hz).
+            starts_s: (W,) window starts in seconds.
+        """
+        w, starts = np.asarray(wave), np.asarray(starts_s, dtype=np.float64)
+        if w.ndim != 1 or w.dtype != np.float32 or len(w) == 0:
             raise ValueError(
-                f"member {self.member!r} expects windows of shape (W>0, {self.window_samples}) "
-                f"({self.predictor.window_s} s at {self.predictor.sample_rate} Hz), got {w.shape}"
+                f"member {self.member!r} expects a non-empty 1-D float32 wave, got {w.dtype} {w.shape}"
             )
-        return await self.score_batch(w)
+        duration = len(w) / sample_rate if sample_rate > 0 else 0.0
+        if (
+            sample_rate <= 0
+            or starts.ndim != 1
+            or len(starts) == 0
+            or not np.isfinite(starts).all()
+            or starts.min() < 0
+            or starts.max() >= max(duration, 1e-9)
+        ):
+            raise ValueError(
+                f"member {self.member!r}: bad song (rate {sample_rate}, {len(w)} samples, window starts "
+                f"{starts.shape} in [{starts.min() if starts.size else 0:g}, "
+                f"{starts.max() if starts.size else 0:g}] s)"
+            )
+        return await self.score_batch((w, int(sample_rate), starts))
 
     @serve.batch(max_batch_size=_DEFAULT_MAX_BATCH, batch_wait_timeout_s=_DEFAULT_WAIT_S)
-    async def score_batch(self, windows_list: list[np.ndarray]) -> list[np.ndarray]:
-        """Concatenate the windows of many songs, run one forward pass (off the event loop), split back."""
-        sizes = [len(w) for w in windows_list]
-        scores = await asyncio.to_thread(self.predictor.score_windows, np.concatenate(windows_list))
+    async def score_batch(self, songs: list[tuple[np.ndarray, int, np.ndarray]]) -> list[np.ndarray]:
+        """Resample, frame and score the windows of many songs together (off the event loop), split back."""
+        scores = await asyncio.to_thread(self.predictor.score_songs, songs)
         self.batches += 1
-        self.items += len(windows_list)
-        self.max_items_per_batch = max(self.max_items_per_batch, len(windows_list))
-        return list(np.split(scores, np.cumsum(sizes)[:-1]))
+        self.items += len(songs)
+        self.windows += sum(len(s[2]) for s in songs)
+        self.max_items_per_batch = max(self.max_items_per_batch, len(songs))
+        return scores
 
     def info(self) -> dict[str, Any]:
         """Where and how this replica runs (used by ``/healthz`` and tests)."""
@@ -143,6 +171,8 @@ class MemberModel:
             "batch_wait_timeout_s": self.batch_wait_timeout_s,
             "batches": self.batches,
             "items": self.items,
+            "windows": self.windows,
+            "window_batch_size": self.predictor.batch_size,
             "max_items_per_batch": self.max_items_per_batch,
             "uptime_s": round(time.time() - self.started, 1),
         }

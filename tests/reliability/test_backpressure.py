@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from ml.config import Config
-from ml.service import MemberUnavailableError
+from ml.service import MemberUnavailableError, Song
 from serve.api import create_api
 from tests.reliability.conftest import report
 from tests.reliability.corpus import encode, tone
@@ -50,11 +50,11 @@ class Unavailable:
     def sample_rate(self, member: str) -> int:
         return 22050
 
-    async def score(self, member: str, windows: np.ndarray) -> np.ndarray:
+    async def score(self, member: str, song: Song) -> np.ndarray:
         if member == "res_bpm":
             raise self.exc
         await asyncio.sleep(0.05)
-        return np.full((len(windows), self.n_labels), 0.5, np.float32)
+        return np.full((song.windows, self.n_labels), 0.5, np.float32)
 
 
 @pytest.mark.parametrize(
@@ -122,14 +122,16 @@ class FakeResponse:
 
 
 class FakeHandle:
-    """``handle.score.remote(w)`` yields the next scripted outcome."""
+    """``handle.score.remote(wave_ref, rate, starts)`` yields the next scripted outcome."""
 
     def __init__(self, *outcomes: Any) -> None:
         self.outcomes, self.calls = list(outcomes), 0
+        self.args: list[tuple[Any, ...]] = []
         self.score = self
 
-    def remote(self, windows: np.ndarray) -> FakeResponse:
+    def remote(self, *args: Any) -> FakeResponse:
         self.calls += 1
+        self.args.append(args)
         return FakeResponse(self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0])
 
 
@@ -143,7 +145,13 @@ def test_serve_backend_retries_lost_replicas_and_maps_backpressure(
 
     monkeypatch.setattr(ingress, "RETRY_BACKOFF_S", 0.0)
     ok = np.zeros((2, len(api_cfg.labels)), np.float32)
-    w = np.zeros((2, 22050), np.float32)
+    put: list[np.ndarray] = []
+    monkeypatch.setattr(ingress.ray, "put", lambda x: put.append(x) or f"ref{len(put)}")
+
+    def song() -> Song:
+        return Song(np.zeros(44100, np.float32), 22050, np.array([0.0, 1.0]))
+
+    w = song()
 
     def backend(**handles: FakeHandle) -> Any:
         return ingress.ServeBackend(api_cfg, cast(Any, handles))
@@ -151,6 +159,9 @@ def test_serve_backend_retries_lost_replicas_and_maps_backpressure(
     # a replica died with the request in flight: sent again, and it works
     h = FakeHandle(ActorDiedError(), ActorUnavailableError("gone", None), ok)
     assert asyncio.run(backend(res_genre=h).score("res_genre", w)) is ok and h.calls == 3
+    # the song went into the object store once; every call (and any other member) sends the reference
+    assert len(put) == 1 and put[0] is w.wave and {a[0] for a in h.args} == {"ref1"}
+    assert h.args[0][1] == 22050 and np.array_equal(h.args[0][2], w.starts_s)
     # still dead after the retries: a clear error naming the member
     h = FakeHandle(ActorDiedError())
     with pytest.raises(MemberUnavailableError, match=r"member 'res_genre' is unavailable: its replica died"):

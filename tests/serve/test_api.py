@@ -23,6 +23,7 @@ from ml.inference import EnsemblePredictor
 from ml.service import (
     FusionUpdate,
     LocalBackend,
+    Song,
     WeightsError,
     apply_fusion_update,
     parse_weights,
@@ -69,13 +70,13 @@ class SpyBackend:
     def sample_rate(self, member: str) -> int:
         return int(self.inner.sample_rate(member))
 
-    async def score(self, member: str, windows: np.ndarray) -> np.ndarray:
-        self.calls.append((member, windows.shape))
+    async def score(self, member: str, song: Song) -> np.ndarray:
+        self.calls.append((member, (song.windows, len(song.wave))))
         self.inflight += 1
         self.max_inflight = max(self.max_inflight, self.inflight)
         try:
             await asyncio.sleep(self.delay_s)
-            return np.asarray(await self.inner.score(member, windows))
+            return np.asarray(await self.inner.score(member, song))
         finally:
             self.inflight -= 1
 
@@ -89,18 +90,19 @@ class FakeBackend:
     def __init__(self, n_labels: int, fail: bool = False, delay_s: float = 0.0) -> None:
         self.members = list(self.BASE)
         self.n_labels, self.fail, self.delay_s = n_labels, fail, delay_s
-        self.shapes: dict[str, list[tuple[int, ...]]] = {m: [] for m in self.members}
+        self.songs: dict[str, list[Song]] = {m: [] for m in self.members}
 
     def sample_rate(self, member: str) -> int:
         return self.RATES[member]
 
-    async def score(self, member: str, windows: np.ndarray) -> np.ndarray:
+    async def score(self, member: str, song: Song) -> np.ndarray:
         await asyncio.sleep(self.delay_s)
         if self.fail:
             raise RuntimeError("replica exploded")
-        self.shapes[member].append(windows.shape)
-        out = np.full((len(windows), self.n_labels), self.BASE[member], dtype=np.float32)
-        out[:, 0] = np.linspace(0, self.BASE[member], len(windows)) if len(windows) > 1 else self.BASE[member]
+        self.songs[member].append(song)
+        n = song.windows
+        out = np.full((n, self.n_labels), self.BASE[member], dtype=np.float32)
+        out[:, 0] = np.linspace(0, self.BASE[member], n) if n > 1 else self.BASE[member]
         return out
 
     async def health(self, member: str) -> dict[str, Any]:
@@ -219,34 +221,33 @@ def test_members_are_called_concurrently(
     assert spy.max_inflight == 6  # all in flight together (asyncio.gather), not one after the other
 
 
-def test_decode_once_resample_once_per_rate(
+def test_decode_once_and_send_every_member_the_same_song(
     api_cfg: Config,
     audio_files: dict[str, Path],
     client_for: Callable[[FastAPI], Any],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """One decode per file; every member (whatever its rate) gets the same compact song, not windows."""
     decodes: list[int] = []
-    rates: list[int] = []
-    real_decode, real_resample = api_mod.decode, api_mod.resample
+    real_decode = api_mod.decode
 
     def counting_decode(*a: Any, **kw: Any) -> Any:
         decodes.append(1)
         return real_decode(*a, **kw)
 
-    def counting_resample(wave: np.ndarray, orig: int, new: int) -> np.ndarray:
-        rates.append(new)
-        return real_resample(wave, orig, new)
-
     monkeypatch.setattr(api_mod, "decode", counting_decode)
-    monkeypatch.setattr(api_mod, "resample", counting_resample)
     fake = FakeBackend(len(api_cfg.labels))
     c = client_for(create_api(api_cfg, fake, spec=fake_spec(api_cfg)))
     r = c.post(MULTI, files=files_of(audio_files, "wav", "flac"))
     assert r.status_code == 200, r.text
     assert len(decodes) == 2
-    assert sorted(rates) == [22050, 22050, 44100, 44100]  # per file: once per distinct rate
-    assert fake.shapes["res_genre"][0][1] == 22050 and fake.shapes["seed_mel"][0][1] == 44100
-    assert fake.shapes["res_genre"][0][0] == fake.shapes["seed_mel"][0][0]  # same windows in seconds
+    for i in range(2):
+        songs = [fake.songs[m][i] for m in fake.members]
+        assert all(s is songs[0] for s in songs)  # one object: one array for all members (22.05 and 44.1 kHz)
+        song = songs[0]
+        assert song.wave.ndim == 1 and song.wave.dtype == np.float32 and song.wave.flags.c_contiguous
+        assert song.sample_rate == sf.info(str(audio_files[("wav", "flac")[i]])).samplerate  # not resampled
+        assert song.windows == len(song.starts_s) >= 1
 
 
 def test_fusion_uses_spec_weights_aggregation_thresholds(

@@ -13,9 +13,12 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import ray
 from ray import serve
 
+from ml.audio import resample
 from ml.config import Config
+from ml.inference import frame_windows, window_starts
 from ml.service import LocalBackend
 from serve.api import create_api
 from serve.app import (
@@ -160,21 +163,29 @@ def test_models_over_http(serve_url: str, serve_cfg: Config) -> None:
 
 
 def test_member_batches_concurrent_songs(serve_url: str, serve_cfg: Config) -> None:
-    """Concurrent calls are merged into one forward and split back in order (songs of different lengths)."""
+    """Concurrent songs (any rate, any length) are resampled, framed and scored in one batch, split back."""
     handle = serve.get_deployment_handle(member_deployment_name("res_genre"), app_name=APP_NAME)
     local = LocalBackend.from_config(serve_cfg, ["res_genre"], allow_untrained=True).predictors["res_genre"]
+    win, hop = serve_cfg.inference.window_s, serve_cfg.inference.hop_s
     rng = np.random.default_rng(0)
-    songs = [(0.1 * rng.standard_normal((n, 22050))).astype(np.float32) for n in (1, 3, 2, 5, 1, 4, 2, 3) * 3]
-    responses = [handle.score.remote(w) for w in songs]
+    songs = []
+    for i, secs in enumerate((1.0, 3.2, 2.0, 5.5, 0.6, 4.0, 2.5, 3.0) * 3):
+        rate = (44100, 22050, 48000)[i % 3]
+        wave = (0.1 * rng.standard_normal(round(secs * rate))).astype(np.float32)
+        songs.append((wave, rate, window_starts(len(wave) / rate, win, hop)))
+    responses = [handle.score.remote(ray.put(w), r, st) for w, r, st in songs]
     outputs = [resp.result(timeout_s=120) for resp in responses]
-    for w, out in zip(songs, outputs, strict=True):
-        assert out.shape == (len(w), len(serve_cfg.labels))
-        np.testing.assert_allclose(out, local.score_windows(w), atol=2e-5)
+    for (w, r, st), out in zip(songs, outputs, strict=True):
+        assert out.shape == (len(st), len(serve_cfg.labels))
+        framed = frame_windows(resample(w, r, local.sample_rate), local.sample_rate, st, win)
+        np.testing.assert_allclose(out, local.score_windows(framed), atol=2e-5)
     info = handle.info.remote().result(timeout_s=60)
     assert info["max_items_per_batch"] > 1, info  # some songs shared a forward pass
     assert info["max_items_per_batch"] <= serve_cfg.serve.max_batch_size
-    with pytest.raises(Exception, match="expects windows of shape"):
-        handle.score.remote(np.zeros((2, 1000), np.float32)).result(timeout_s=60)
+    with pytest.raises(Exception, match="expects a non-empty 1-D float32 wave"):
+        handle.score.remote(np.zeros((2, 1000), np.float32), 22050, np.zeros(1)).result(timeout_s=60)
+    with pytest.raises(Exception, match="bad song"):
+        handle.score.remote(np.zeros(1000, np.float32), 22050, np.array([5.0])).result(timeout_s=60)
 
 
 def test_fusion_swap_without_restart(serve_url: str, serve_cfg: Config, audio_files: dict[str, Path]) -> None:
