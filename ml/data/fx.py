@@ -3,8 +3,10 @@
 Every ``draw_*`` function takes a numpy ``Generator`` and returns a small JSON-able dict of parameters
 (written to the clip's sidecar under ``render``); every ``apply_*`` function is a pure function of the
 audio and those parameters, so a clip is reproducible from its seed and explainable from its sidecar.
-All processing is vectorised numpy/scipy (biquads via ``sosfilt``, envelopes via ``lfilter``, rooms via
-one FFT convolution), a few milliseconds per second of stereo audio.
+All processing is numpy only (no scipy: importing ``scipy.signal`` costs each render worker 0.5-20 s
+depending on the machine's load): filters are applied as their exact frequency responses on one FFT of
+the stem (zero-padded, so the short EQ tails do not wrap), the compressor's level detector runs on
+1-ms blocks, rooms are one FFT convolution. A few milliseconds per second of stereo audio.
 """
 
 from __future__ import annotations
@@ -15,12 +17,42 @@ from typing import Any
 
 import numpy as np
 
+_PAD_S = 0.25  # zero padding for FFT filtering: longer than any EQ/cabinet filter's ringing
 
-def _sig() -> Any:
-    # scipy.signal takes ~0.5 s to import; only rendering needs it, not every importer of ml.data.
-    from scipy import signal
 
-    return signal
+def fast_len(n: int) -> int:
+    """The smallest 2^a * 3^b * 5^c >= n: pocketfft is slow on lengths with large prime factors."""
+    best = 1 << max(0, (n - 1).bit_length())
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            m = p35 << max(0, (-(-n // p35) - 1).bit_length())  # times the smallest power of 2 reaching n
+            best = min(best, m)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+def _filter_fft(x: np.ndarray, response: Any, sample_rate: int) -> np.ndarray:
+    """Apply a filter given as ``response(freqs_hz) -> complex gains`` to ``x`` ``[channels, n]``."""
+    n = x.shape[-1]
+    size = fast_len(n + int(_PAD_S * sample_rate))
+    freqs = np.fft.rfftfreq(size, 1.0 / sample_rate)
+    spec = np.fft.rfft(x.astype(np.float64), size, axis=-1) * response(freqs)
+    return np.fft.irfft(spec, size, axis=-1)[..., :n]
+
+
+def _biquad_response(row: np.ndarray, z1: np.ndarray) -> np.ndarray:
+    """Frequency response of one SOS row at ``z1 = exp(-j w)``."""
+    b0, b1, b2, _, a1, a2 = row
+    z2 = z1 * z1
+    return (b0 + b1 * z1 + b2 * z2) / (1 + a1 * z1 + a2 * z2)
+
+
+def _lowpass_mag(freqs: np.ndarray, cutoff_hz: float, order: int = 2) -> np.ndarray:
+    """Butterworth magnitude response (applied zero-phase)."""
+    return 1.0 / np.sqrt(1.0 + (freqs / cutoff_hz) ** (2 * order))
 
 
 # ---------------------------------------------------------------------------------------------- EQ
@@ -114,7 +146,15 @@ def apply_eq(x: np.ndarray, bands: list[Mapping[str, Any]], sample_rate: int) ->
             rows.append(_peaking(b["f"], b["gain_db"], b["q"], sample_rate))
         else:
             rows.append(_shelf(b["f"], b["gain_db"], sample_rate, high=b["type"] == "high_shelf"))
-    return _sig().sosfilt(np.stack(rows), x, axis=-1).astype(np.float32)
+
+    def response(freqs: np.ndarray) -> np.ndarray:
+        z1 = np.exp(-2j * np.pi * freqs / sample_rate)
+        h = _biquad_response(rows[0], z1)
+        for row in rows[1:]:
+            h *= _biquad_response(row, z1)
+        return h
+
+    return _filter_fft(x, response, sample_rate).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------------- dynamics
@@ -135,22 +175,31 @@ def draw_compressor(rng: np.random.Generator, prob: float = 0.5) -> dict[str, An
 def apply_compressor(x: np.ndarray, params: Mapping[str, Any] | None, sample_rate: int) -> np.ndarray:
     """Compress ``x`` ``[channels, n]``; the threshold is relative to the stem's loudest 10-ms RMS.
 
-    The level detector is a one-pole smoother on the channel-summed power (attack when rising, release
-    when falling, approximated by smoothing with the attack and then the release time constant), run by
-    ``scipy.signal.lfilter`` so no Python loop touches samples. Make-up gain restores the input RMS.
+    The level detector follows the channel-summed power on 1-ms blocks with separate attack and release
+    time constants (a Python loop over blocks, not samples); the gain is interpolated back to samples.
+    Make-up gain restores the input RMS.
     """
     if not params:
         return x
     power = np.mean(np.square(x, dtype=np.float64), axis=0)
-    a_att = math.exp(-1.0 / (params["attack_ms"] * 1e-3 * sample_rate))
-    a_rel = math.exp(-1.0 / (params["release_ms"] * 1e-3 * sample_rate))
-    env = _sig().lfilter([1 - a_att], [1, -a_att], power)
-    env = np.maximum(env, _sig().lfilter([1 - a_rel], [1, -a_rel], power))
+    n = power.shape[0]
+    blk = max(1, int(0.001 * sample_rate))
+    nb = -(-n // blk)
+    pb = np.pad(power, (0, nb * blk - n)).reshape(nb, blk).mean(axis=1)
+    a_att = math.exp(-blk / (params["attack_ms"] * 1e-3 * sample_rate))
+    a_rel = math.exp(-blk / (params["release_ms"] * 1e-3 * sample_rate))
+    env = np.empty(nb)
+    e = 0.0
+    for i, v in enumerate(pb.tolist()):
+        a = a_att if v > e else a_rel
+        e = a * e + (1 - a) * v
+        env[i] = e
     level_db = 10 * np.log10(np.maximum(env, 1e-20))
-    win = max(1, int(0.01 * sample_rate))
-    ref_db = 10 * math.log10(max(float(np.max(np.convolve(power, np.ones(win) / win, mode="same"))), 1e-20))
+    win = 10  # blocks: the loudest 10-ms stretch is the reference level
+    ref_db = 10 * math.log10(max(float(np.max(np.convolve(pb, np.ones(win) / win, mode="same"))), 1e-20))
     over = np.maximum(level_db - (ref_db + params["threshold_db"]), 0.0)
-    gain = 10 ** (-over * (1 - 1 / params["ratio"]) / 20)
+    gain_blocks = 10 ** (-over * (1 - 1 / params["ratio"]) / 20)
+    gain = np.interp(np.arange(n), np.arange(nb) * blk + blk / 2, gain_blocks)
     y = x * gain[None, :]
     before, after = float(np.sqrt(np.mean(power))), float(np.sqrt(np.mean(np.square(y, dtype=np.float64))))
     return (y * (before / after if after > 0 else 1.0)).astype(np.float32)
@@ -169,7 +218,7 @@ def draw_drive(rng: np.random.Generator, sample_rate: int) -> dict[str, Any]:
 
 
 def apply_drive(x: np.ndarray, params: Mapping[str, Any] | None, sample_rate: int) -> np.ndarray:
-    """Tanh waveshaper (asymmetric bias adds even harmonics) and a 2nd-order cabinet low-pass."""
+    """Tanh waveshaper (asymmetric bias adds even harmonics) and a 2nd-order Butterworth cabinet low-pass."""
     if not params:
         return x
     rms = float(np.sqrt(np.mean(np.square(x, dtype=np.float64))))
@@ -178,8 +227,7 @@ def apply_drive(x: np.ndarray, params: Mapping[str, Any] | None, sample_rate: in
     g = 10 ** (params["pre_gain_db"] / 20) / (4 * rms)  # drive relative to the stem's level
     bias = params["asymmetry"]
     y = np.tanh(g * x + bias) - math.tanh(bias)
-    sos = _sig().butter(2, params["cab_hz"], btype="low", fs=sample_rate, output="sos")
-    y = _sig().sosfilt(sos, y, axis=-1)
+    y = _filter_fft(y, lambda f: _lowpass_mag(f, params["cab_hz"]), sample_rate)
     out_rms = float(np.sqrt(np.mean(np.square(y))))
     return (y * (rms / out_rms if out_rms > 0 else 1.0)).astype(np.float32)
 
@@ -207,10 +255,12 @@ def synth_ir(
     hf_ratio = float(rng.uniform(0.3, 0.8))  # high band rt60 as a share of the low band's
     left = rng.standard_normal(n)
     right = width * rng.standard_normal(n) + (1 - width) * left
-    sos_lo = _sig().butter(2, min(crossover, 0.45 * sample_rate), btype="low", fs=sample_rate, output="sos")
+    size = fast_len(n)
+    freqs = np.fft.rfftfreq(size, 1.0 / sample_rate)
+    split = _lowpass_mag(freqs, min(crossover, 0.45 * sample_rate))
     irs = np.zeros((2, pre + n))
     for ch, noise in enumerate((left, right)):
-        low = _sig().sosfilt(sos_lo, noise)
+        low = np.fft.irfft(np.fft.rfft(noise, size) * split, size)[:n]
         high = noise - low
         irs[ch, pre:] = low * np.exp(-6.91 * t / rt60) + high * np.exp(-6.91 * t / (rt60 * hf_ratio))
     n_early = int(rng.integers(3, 9))
@@ -236,7 +286,7 @@ def synth_ir(
 def convolve(x: np.ndarray, irs: np.ndarray) -> np.ndarray:
     """Convolve each channel of ``x`` ``[2, n]`` with its IR; output length n (tail cut)."""
     n = x.shape[1]
-    size = 1 << (n + irs.shape[1] - 1).bit_length()
+    size = fast_len(n + irs.shape[1] - 1)
     spec = np.fft.rfft(x.astype(np.float64), size, axis=1) * np.fft.rfft(irs, size, axis=1)
     return np.fft.irfft(spec, size, axis=1)[:, :n]
 
@@ -272,10 +322,11 @@ def make_noise(
         x = rng.standard_normal(shape)
         if params["kind"] != "white":
             exponent = 0.5 if params["kind"] == "pink" else 1.0
-            spec = np.fft.rfft(x, axis=1)
-            freqs = np.fft.rfftfreq(n, 1.0 / sample_rate)
+            size = fast_len(n)
+            spec = np.fft.rfft(x, size, axis=1)
+            freqs = np.fft.rfftfreq(size, 1.0 / sample_rate)
             spec /= np.maximum(freqs, 20.0) ** exponent
-            x = np.fft.irfft(spec, n, axis=1)
+            x = np.fft.irfft(spec, size, axis=1)[:, :n]
     rms = float(np.sqrt(np.mean(np.square(x))))
     return (x / rms if rms > 0 else x).astype(np.float32)
 

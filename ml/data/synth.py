@@ -294,10 +294,8 @@ class SynthReport:
 def _library_of(name_or_path: str | Path) -> str:
     """Registry name of a library given by name or by the path of one of its registered files."""
     key = str(name_or_path).strip()
-    try:
-        return get_library(key).name
-    except ValueError:
-        pass
+    if "/" not in key and not key.lower().endswith(".sf2"):
+        return get_library(key).name  # a name: unknown -> ValueError listing the valid ones
     path = Path(key).expanduser()
     for lib in LIBRARIES.values():
         if any(path.name == f.name for f in lib.paths()[:1]):
