@@ -8,8 +8,8 @@ PY := $(VENV)/bin/python
 MPIC := $(VENV)/bin/mpic
 PROFILE ?= demo
 ARGS ?=
-# Debian packages: audio I/O, the FluidSynth renderer + FluidR3_GM sample library, headless Chromium (browser tests)
-APT_PACKAGES := libsndfile1 libfluidsynth3 fluid-soundfont-gm chromium
+# Debian packages: audio I/O, the FluidSynth renderer, the sample libraries (FluidR3 GM/GS, csound GM, OPL3 FM), headless Chromium (browser tests)
+APT_PACKAGES := libsndfile1 libfluidsynth3 fluid-soundfont-gm fluid-soundfont-gs csound-soundfont opl3-soundfont chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: help setup system-deps test test-fast lint format run data train fuse evaluate serve mlflow bench gpu-check clean

@@ -29,12 +29,11 @@ def _cfg(args: argparse.Namespace, extra: Sequence[str] = ()) -> Config:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     """Render a synthetic IRMAS-style data set."""
-    from ml.data.synth import resolve_programs, resolve_soundfont, synthesize
+    from ml.data.synth import resolve_programs, synthesize
 
     cfg = _cfg(args)
     s = cfg.synth
     out = Path(args.out) if args.out else cfg.data.root
-    fonts = [resolve_soundfont(f) for f in (args.soundfont or s.soundfonts)]
     t0 = time.perf_counter()
     report = synthesize(
         out,
@@ -43,14 +42,16 @@ def cmd_synth(args: argparse.Namespace) -> int:
         train_clips=args.train_clips if args.train_clips is not None else s.train_clips,
         test_excerpts=args.test_excerpts if args.test_excerpts is not None else s.test_excerpts,
         seed=args.seed if args.seed is not None else s.seed,
-        soundfonts=fonts,
+        libraries=args.soundfont or s.libraries,
+        train_mixes=s.train_mixes,
         sample_rate=s.sample_rate,
         clips_per_recording=s.clips_per_recording,
         workers=args.workers or s.workers,
         progress=not args.quiet,
     )
     print(
-        f"wrote {report.train_files} training clips and {report.test_files} test excerpts to {out} "
+        f"wrote {report.train_files} training clips, {report.mix_files} training mixes and "
+        f"{report.test_files} test excerpts to {out} "
         f"in {time.perf_counter() - t0:.1f} s"
     )
     return 0
@@ -183,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-clips", type=int)
     p.add_argument("--test-excerpts", type=int)
     p.add_argument("--seed", type=int)
-    p.add_argument("--soundfont", action="append", help="timgm6mb, fluidr3 or an .sf2 path (repeatable)")
+    p.add_argument(
+        "--soundfont", action="append", help="a sample library name (repeatable; default synth.libraries)"
+    )
     p.add_argument("--workers", type=int)
     p.add_argument("--quiet", action="store_true")
 

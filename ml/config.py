@@ -62,16 +62,38 @@ class DataConfig(_Strict):
 
 
 class SynthConfig(_Strict):
-    """Synthetic IRMAS-style data set rendered with General MIDI sample libraries."""
+    """Synthetic IRMAS-style data set rendered with several sample libraries (``ml.data.libraries``)."""
 
     train_clips: Annotated[int, Field(ge=1)] = 440
-    test_excerpts: Annotated[int, Field(ge=0)] = 40
+    train_mixes: Annotated[int, Field(ge=0)] = 0
+    test_excerpts: Annotated[int, Field(ge=0)] = 40  # per library
     seed: int = 0
-    soundfonts: list[str] = ["timgm6mb"]
+    libraries: Annotated[list[str], Field(min_length=1)] = ["timgm6mb"]
     sample_rate: Annotated[int, Field(ge=8000)] = 44100
     clips_per_recording: Annotated[int, Field(ge=1)] = 3
     workers: Annotated[int, Field(ge=1)] | None = None
     programs: dict[str, list[Annotated[int, Field(ge=0, le=127)]]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_name(cls, data: Any) -> Any:
+        # ``soundfonts`` was the key before the library registry; it still reads as ``libraries``.
+        if isinstance(data, dict) and "soundfonts" in data:
+            if "libraries" in data:
+                raise ValueError("give synth.libraries only (synth.soundfonts is its old name)")
+            data = {**data, "libraries": data["soundfonts"]}
+            del data["soundfonts"]
+        return data
+
+    @field_validator("libraries")
+    @classmethod
+    def _unique_libraries(cls, value: list[str]) -> list[str]:
+        # Names are checked against ml.data.libraries by `mpic synth` (importing ml.data here would slow
+        # every command that reads the configuration).
+        names = [v.strip().lower() for v in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"libraries must be unique, got {value}")
+        return names
 
 
 class FoldsConfig(_Strict):

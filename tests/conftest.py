@@ -42,7 +42,7 @@ def smoke_cfg(tmp_path_factory: pytest.TempPathFactory) -> Config:
 @pytest.fixture(scope="session")
 def smoke_data(smoke_cfg: Config) -> Path:
     """The smoke profile's synthetic IRMAS-style data at ``smoke_cfg.data.root`` (a few seconds to render)."""
-    from ml.data.synth import resolve_soundfont, synthesize
+    from ml.data.synth import synthesize
 
     root = Path(smoke_cfg.data.root)
     if (root / "IRMAS-TrainingData").is_dir():
@@ -55,7 +55,8 @@ def smoke_data(smoke_cfg: Config) -> Path:
         train_clips=s.train_clips,
         test_excerpts=s.test_excerpts,
         seed=s.seed,
-        soundfonts=[resolve_soundfont(f) for f in s.soundfonts],
+        libraries=s.libraries,
+        train_mixes=s.train_mixes,
         sample_rate=s.sample_rate,
         clips_per_recording=s.clips_per_recording,
         workers=1,

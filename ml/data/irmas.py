@@ -5,10 +5,16 @@ Layout::
     <root>/IRMAS-TrainingData/<code>/008__[cel][nod][cla]0058__1.wav   (prefix form, drums tag)
     <root>/IRMAS-TrainingData/<code>/[pia][cla]1308__3.wav             (short form, no drums tag)
     <root>/IRMAS-TestingData*/**/NAME.wav + NAME.txt                    (one label code per line)
+    <root>/IRMAS-TrainingData-Mix/NAME__K.wav + NAME__K.txt            (synthetic multi-label training)
+
+A ``NAME.json`` sidecar beside a rendered ``NAME.wav`` (written by :mod:`ml.data.synth`) gives the
+sample library (recorded in the manifest), the group and per-frame activity; real recordings have none
+(library ``""``).
 
 In a training name the first bracket is the instrument, ``[dru]``/``[nod]`` the drums tag and the last
 bracket before the recording id the genre (``cla`` is both the clarinet code and the classical genre, so
-position decides). Clips ``__1``, ``__2``, ... of one name stem come from one recording and share a group.
+position decides). Clips ``__1``, ``__2``, ... of one name stem come from one recording and share a group;
+likewise in the mix folder, where the group is ``mix/<name stem>`` (or the sidecar's ``group``).
 """
 
 from __future__ import annotations
@@ -24,15 +30,17 @@ from pathlib import Path
 
 import soundfile as sf
 
+from ml.data.activity import read_sidecar
 from ml.data.manifest import ClipRecord, Manifest, ManifestError
 
 log = logging.getLogger(__name__)
 
 TRAIN_DIR = "IRMAS-TrainingData"
+MIX_DIR = "IRMAS-TrainingData-Mix"
 TEST_DIR_PREFIX = "IRMAS-TestingData"
 GENRES = ("cou_fol", "cla", "pop_roc", "lat_sou", "jaz_blu")
 DRUM_TAGS = {"dru": True, "nod": False}
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: records carry the library (from sidecars) and the mix folder is scanned
 
 _TRAIN_NAME_RE = re.compile(
     r"^(?:(?P<prefix>\d+)__)?"
@@ -177,6 +185,21 @@ def _duration(path: Path) -> tuple[float | None, str | None]:
     return info.frames / info.samplerate, None
 
 
+def _sidecar_library(wav: Path) -> tuple[str | None, str | None, str | None]:
+    """(library, group, error) from the clip's sidecar; library ``""`` when there is no sidecar."""
+    try:
+        side = read_sidecar(wav)
+    except (OSError, ValueError) as exc:
+        return None, None, f"unreadable sidecar: {exc}"
+    if side is None:
+        return "", None, None
+    library = side.get("library", "")
+    group = side.get("group")
+    if not isinstance(library, str) or (group is not None and not isinstance(group, str)):
+        return None, None, "sidecar 'library'/'group' must be strings"
+    return library, group, None
+
+
 def _test_dirs(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(TEST_DIR_PREFIX))
 
@@ -207,6 +230,10 @@ def _scan_train(
             if duration is None:
                 rejected.append(Rejected(rel, why or "unreadable audio"))
                 continue
+            library, _, bad = _sidecar_library(wav)
+            if library is None:
+                rejected.append(Rejected(rel, bad or "bad sidecar"))
+                continue
             records.append(
                 ClipRecord(
                     path=rel,
@@ -216,6 +243,7 @@ def _scan_train(
                     genre=tags.genre,
                     drums=tags.drums,
                     group=f"{code}/{tags.stem}",
+                    library=library,
                 )
             )
 
@@ -246,7 +274,9 @@ def _scan_test(
     labels: Sequence[str],
     records: list[ClipRecord],
     rejected: list[Rejected],
+    split: str = "test",
 ) -> None:
+    """Scan ``NAME.wav`` + ``NAME.txt`` pairs (test folders; with ``split="train"`` the mix folder)."""
     order = {lab: i for i, lab in enumerate(labels)}
     for wav in sorted(p for p in test_dir.rglob("*") if p.is_file() and p.suffix.lower() == ".wav"):
         if _skip(wav):
@@ -272,13 +302,21 @@ def _scan_test(
         if duration is None:
             rejected.append(Rejected(rel, why or "unreadable audio"))
             continue
+        library, side_group, bad = _sidecar_library(wav)
+        if library is None:
+            rejected.append(Rejected(rel, bad or "bad sidecar"))
+            continue
+        # clips NAME__1, NAME__2, ... of one mix recording share a group (folds never split a song)
+        mix_group = side_group or f"mix/{wav.stem.rsplit('__', 1)[0]}"
+        group = mix_group if split == "train" else wav.stem
         records.append(
             ClipRecord(
                 path=rel,
-                split="test",
+                split=split,
                 duration_s=duration,
                 labels=tuple(sorted(codes, key=order.__getitem__)),  # canonical label order
-                group=wav.stem,
+                group=group,
+                library=library,
             )
         )
 
@@ -289,7 +327,8 @@ def scan_irmas(
     """Scan an IRMAS-layout data set into a manifest.
 
     Args:
-        root: Directory holding ``IRMAS-TrainingData`` and/or ``IRMAS-TestingData*`` folders.
+        root: Directory holding ``IRMAS-TrainingData``, ``IRMAS-TrainingData-Mix`` and/or
+            ``IRMAS-TestingData*`` folders.
         labels: Known label codes; test labels keep this order.
         strict: Raise instead of returning rejects.
 
@@ -305,8 +344,9 @@ def scan_irmas(
         raise IrmasLayoutError(f"{root}: data set root is not a directory")
     known = set(labels)
     train_dir = root / TRAIN_DIR
+    mix_dir = root / MIX_DIR
     test_dirs = _test_dirs(root)
-    if not train_dir.is_dir() and not test_dirs:
+    if not train_dir.is_dir() and not mix_dir.is_dir() and not test_dirs:
         raise IrmasLayoutError(
             f"{root}: no IRMAS data found: expected a '{TRAIN_DIR}' folder and/or folders named "
             f"'{TEST_DIR_PREFIX}*' directly under the root"
@@ -315,6 +355,8 @@ def scan_irmas(
     rejected: list[Rejected] = []
     if train_dir.is_dir():
         _scan_train(train_dir, root, known, records, rejected)
+    if mix_dir.is_dir():
+        _scan_test(mix_dir, root, labels, records, rejected, split="train")
     for test_dir in test_dirs:
         _scan_test(test_dir, root, labels, records, rejected)
     if strict and rejected:
@@ -338,7 +380,8 @@ def fingerprint(root: Path | str, labels: Sequence[str]) -> str:
     root = Path(root)
     h = hashlib.sha256()
     h.update(json.dumps({"version": CACHE_VERSION, "labels": list(labels)}).encode())
-    dirs = ([root / TRAIN_DIR] if (root / TRAIN_DIR).is_dir() else []) + (
+    # every file under the scanned folders counts, sidecars (.json) and label files (.txt) included
+    dirs = [root / d for d in (TRAIN_DIR, MIX_DIR) if (root / d).is_dir()] + (
         _test_dirs(root) if root.is_dir() else []
     )
     entries = []

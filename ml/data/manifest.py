@@ -3,9 +3,10 @@
 A manifest is the single list the rest of the pipeline iterates over (training folds, evaluation, tempo
 analysis). It is stored as CSV with a fixed header so it can be inspected and diffed by hand:
 
-``path,split,duration_s,labels,genre,drums,group,tempo,fold``
+``path,split,duration_s,labels,genre,drums,group,tempo,fold,library``
 
-``labels`` are label codes joined by ``;``; ``drums`` is ``1``/``0``; an empty cell means ``None``.
+(manifests written before ``library`` existed read with ``library=""``). ``labels`` are label codes
+joined by ``;``; ``drums`` is ``1``/``0``; an empty cell means ``None``.
 Paths are POSIX paths relative to the data set root, so a manifest stays valid when the root moves.
 """
 
@@ -22,7 +23,8 @@ from typing import Any
 import numpy as np
 
 SPLITS = ("train", "test")
-CSV_COLUMNS = ("path", "split", "duration_s", "labels", "genre", "drums", "group", "tempo", "fold")
+CSV_COLUMNS = ("path", "split", "duration_s", "labels", "genre", "drums", "group", "tempo", "fold", "library")
+OPTIONAL_COLUMNS = ("library",)  # may be absent in manifests written before they existed
 LABEL_SEP = ";"
 
 
@@ -44,6 +46,8 @@ class ClipRecord:
         group: Source-recording id; all clips cut from one recording share it (fold leakage guard).
         tempo: Tempo in BPM, filled by the tempo analysis; None until then.
         fold: Cross-validation fold index, None when not assigned (always None for test clips).
+        library: Sample library that rendered the clip (:mod:`ml.data.libraries`), ``""`` for real
+            recordings; its family comes from the registry (:func:`ml.data.libraries.library_family`).
     """
 
     path: str
@@ -55,6 +59,7 @@ class ClipRecord:
     group: str = ""
     tempo: float | None = None
     fold: int | None = None
+    library: str = ""
 
     def __post_init__(self) -> None:
         problems = _record_problems(self)
@@ -86,6 +91,8 @@ def _record_problems(rec: ClipRecord) -> list[str]:
         problems.append(f"tempo must be a positive number, got {rec.tempo!r}")
     if rec.fold is not None and rec.fold < 0:
         problems.append(f"fold must be >= 0, got {rec.fold!r}")
+    if rec.library != rec.library.strip():
+        problems.append(f"bad library name {rec.library!r}")
     return problems
 
 
@@ -110,6 +117,7 @@ def _record_to_row(rec: ClipRecord) -> list[str]:
         rec.group,
         _fmt_opt(rec.tempo),
         _fmt_opt(rec.fold),
+        rec.library,
     ]
 
 
@@ -153,6 +161,7 @@ def _row_to_record(row: Mapping[str, str]) -> ClipRecord:
         group=row["group"],
         tempo=_parse_float(tempo_text, "tempo") if tempo_text else None,
         fold=fold,
+        library=row.get("library", "").strip(),
     )
 
 
@@ -244,6 +253,10 @@ class Manifest:
             out.append(rec)
         return Manifest(self.root, out)
 
+    def libraries_present(self) -> list[str]:
+        """Sorted sample-library names of the records (``""`` stands for real recordings)."""
+        return sorted({rec.library for rec in self.records})
+
     def labels_present(self) -> list[str]:
         """Sorted label codes that occur in at least one record."""
         return sorted({lab for rec in self.records for lab in rec.labels})
@@ -315,7 +328,9 @@ class Manifest:
         unknown = sorted(set(mapping) - known)
         if unknown:
             raise ManifestError(f"{name} mapping names {len(unknown)} unknown path(s), e.g. {unknown[:3]}")
-        records = [replace(rec, **{name: mapping[rec.path]}) if rec.path in mapping else rec for rec in self.records]
+        records = [
+            replace(rec, **{name: mapping[rec.path]}) if rec.path in mapping else rec for rec in self.records
+        ]
         return Manifest(self.root, records)
 
     # ------------------------------------------------------------------ I/O
@@ -367,7 +382,10 @@ class Manifest:
                 ) from None
             except csv.Error as exc:
                 raise ManifestError(f"{path}:1: {exc}") from exc
-            if tuple(h.strip() for h in header) != CSV_COLUMNS:
+            columns = tuple(h.strip() for h in header)
+            # Older manifests lack the optional trailing columns; they read with the fields' defaults.
+            accepted = [CSV_COLUMNS[: len(CSV_COLUMNS) - k] for k in range(len(OPTIONAL_COLUMNS) + 1)]
+            if columns not in accepted:
                 raise ManifestError(
                     f"{path}:1: bad header {','.join(header)!r}, expected {','.join(CSV_COLUMNS)!r}"
                 )
@@ -381,10 +399,10 @@ class Manifest:
                 line = reader.line_num
                 if not row or all(not cell.strip() for cell in row):
                     continue  # tolerate blank lines (hand edits)
-                if len(row) != len(CSV_COLUMNS):
-                    raise ManifestError(f"{path}:{line}: expected {len(CSV_COLUMNS)} columns, got {len(row)}")
+                if len(row) != len(columns):
+                    raise ManifestError(f"{path}:{line}: expected {len(columns)} columns, got {len(row)}")
                 try:
-                    rec = _row_to_record(dict(zip(CSV_COLUMNS, row, strict=True)))
+                    rec = _row_to_record(dict(zip(columns, row, strict=True)))
                 except ValueError as exc:  # ManifestError is a ValueError too
                     raise ManifestError(f"{path}:{line}: {exc}") from exc
                 if rec.path in seen:

@@ -39,7 +39,10 @@ import pretty_midi
 import soundfile as sf
 from tqdm import tqdm
 
-from ml.data.irmas import GENRES, TRAIN_DIR, format_train_name
+from ml.data import fx
+from ml.data.activity import HOP_S, activity_record, clip_labels
+from ml.data.irmas import GENRES, MIX_DIR, TRAIN_DIR, format_train_name
+from ml.data.libraries import LIBRARIES, get_library, resolve_library
 
 TEST_DIR = "IRMAS-TestingData"
 META_NAME = "synth_meta.json"
@@ -50,7 +53,6 @@ MIN_LEAD_MARGIN_DB = 3.0  # predominant stem over the accompaniment, per trainin
 MIN_ACTIVE_FRACTION = 0.6  # share of 46-ms frames in which the predominant stem sounds, per training clip
 MAX_BELOW_LOUDEST_DB = 20.0  # a test instrument this far under the loudest labelled one counts as inaudible
 MAX_ATTEMPTS = 12
-FLUIDR3_PATH = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
 
 DEFAULT_GM_PROGRAMS: Mapping[str, tuple[int, ...]] = MappingProxyType(
     {
@@ -276,6 +278,7 @@ class SynthReport:
     Attributes:
         train_files: Training clips written.
         test_files: Test excerpts written (``.wav`` files; each has a ``.txt`` beside it).
+        mix_files: Multi-instrument training clips written.
         seconds: Wall-clock time of the run.
         out_dir: The output directory.
     """
@@ -284,50 +287,53 @@ class SynthReport:
     test_files: int
     seconds: float
     out_dir: Path = field(default_factory=Path)
+    mix_files: int = 0
 
 
 # ---------------------------------------------------------------------------------------------- libraries
-def _timgm_path() -> Path:
-    return Path(pretty_midi.__file__).resolve().parent / "TimGM6mb.sf2"
+def _library_of(name_or_path: str | Path) -> str:
+    """Registry name of a library given by name or by the path of one of its registered files."""
+    key = str(name_or_path).strip()
+    if "/" not in key and not key.lower().endswith(".sf2"):
+        return get_library(key).name  # a name: unknown -> ValueError listing the valid ones
+    path = Path(key).expanduser()
+    for lib in LIBRARIES.values():
+        if any(path.name == f.name for f in lib.paths()[:1]):
+            if not path.is_file():
+                raise FileNotFoundError(f"sample library {key!r} not found at {path}")
+            return lib.name
+    if not path.is_file():
+        raise FileNotFoundError(f"sample library {key!r} not found at {path}")
+    raise ValueError(f"{path} is not a registered sample library; valid names: {', '.join(LIBRARIES)}")
 
 
 def resolve_soundfont(name_or_path: str | Path) -> Path:
-    """Resolve a sample library name or path.
+    """The main SoundFont file of a registered library, given by name or by its file path.
 
     Args:
-        name_or_path: ``"timgm6mb"`` (``pretty_midi``'s bundled library), ``"fluidr3"`` (Debian
-            ``fluid-soundfont-gm``) or a path to an ``.sf2`` file.
+        name_or_path: A registry name (see :mod:`ml.data.libraries`; ``"fluidr3"`` is ``fluidr3_gm``)
+            or the path of a registered library's main file. Other files are refused.
 
     Returns:
         The absolute path of an existing file.
 
     Raises:
         FileNotFoundError: If the library is not installed or the path does not exist.
+        ValueError: If the path is not a registered library's file.
     """
-    key = str(name_or_path).strip()
-    if key.lower() in ("timgm6mb", "timgm6mb.sf2"):
-        path = _timgm_path()
-        hint = "it ships with the pretty_midi package"
-    elif key.lower() in ("fluidr3", "fluidr3_gm", "fluidr3_gm.sf2"):
-        path = FLUIDR3_PATH
-        hint = "install the Debian package fluid-soundfont-gm"
-    else:
-        path = Path(key).expanduser()
-        hint = "give 'timgm6mb', 'fluidr3' or an existing .sf2 path"
-    if not path.is_file():
-        raise FileNotFoundError(f"sample library {key!r} not found at {path}: {hint}")
-    return path.resolve()
+    lib = resolve_library(_library_of(name_or_path))
+    return lib.paths()[0].resolve()
 
 
 def default_soundfonts() -> list[Path]:
-    """The project's sample libraries: TimGM6mb (always) and FluidR3_GM (when installed).
+    """The main files of TimGM6mb (always) and FluidR3_GM (when installed).
 
     Returns:
         Existing ``.sf2`` paths.
     """
     out = [resolve_soundfont("timgm6mb")]
-    if FLUIDR3_PATH.is_file():
-        out.append(FLUIDR3_PATH)
+    if get_library("fluidr3_gm").paths()[0].is_file():
+        out.append(resolve_soundfont("fluidr3_gm"))
     return out
 
 
@@ -359,6 +365,39 @@ def resolve_programs(
 
 
 # ---------------------------------------------------------------------------------------------- rendering
+# fluid_gen_type numbers (SoundFont 2.01 generators) used as per-channel offsets by fluid_synth_set_gen.
+GEN_VIBLFOTOPITCH, GEN_FILTERFC, GEN_FILTERQ, GEN_VIBLFOFREQ = 6, 8, 9, 24
+GEN_VOLENVATTACK, GEN_VOLENVRELEASE, GEN_FINETUNE = 34, 38, 52
+_GEN_NAMES: Mapping[str, int] = MappingProxyType(
+    {
+        "filter_fc_cents": GEN_FILTERFC,
+        "filter_q_cb": GEN_FILTERQ,
+        "attack_timecents": GEN_VOLENVATTACK,
+        "release_timecents": GEN_VOLENVRELEASE,
+        "vibrato_depth_cents": GEN_VIBLFOTOPITCH,
+        "vibrato_rate_cents": GEN_VIBLFOFREQ,
+        "fine_tune_cents": GEN_FINETUNE,
+    }
+)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Where a requested GM program is found in a library (see :meth:`_Renderer.preset`).
+
+    Attributes:
+        file: Index of the library's SoundFont file.
+        bank: Bank number (128 = drum kits).
+        program: Program actually used (differs from the requested one after a fallback).
+        name: Preset name in the SoundFont.
+    """
+
+    file: int
+    bank: int
+    program: int
+    name: str
+
+
 class _Renderer:
     """Renders stems with FluidSynth; every sample library is read from disk once per process.
 
@@ -383,7 +422,8 @@ class _Renderer:
             ) from exc
         self._fluidsynth: Any = fluidsynth
         self.sample_rate = sample_rate
-        self._anchors: dict[str, tuple[Any, int]] = {}
+        self._anchors: dict[str, tuple[Any, list[int]]] = {}
+        self._presets: dict[tuple[str, int, bool], Preset | None] = {}
         # pyfluidsynth only wraps the dithered 16-bit writer; the float writer has no dither state.
         proto = ctypes.CFUNCTYPE(
             ctypes.c_int,
@@ -397,45 +437,101 @@ class _Renderer:
             ctypes.c_int,
         )
         self._write_float = proto(("fluid_synth_write_float", fluidsynth._fl))
+        # Generator offsets (NRPN-style, added to every voice's preset value) are not wrapped either.
+        set_gen = fluidsynth._fl.fluid_synth_set_gen
+        set_gen.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_float]
+        set_gen.restype = ctypes.c_int
+        self._set_gen = set_gen
 
-    def _load(self, sf2: str) -> tuple[Any, int]:
+    def _load(self, library: str) -> tuple[Any, list[int]]:
+        lib = resolve_library(library)
         synth = self._fluidsynth.Synth(gain=0.2, samplerate=float(self.sample_rate), **self._SETTINGS)
-        sfid = synth.sfload(sf2)
-        if sfid < 0:
-            synth.delete()
-            raise SynthError(f"FluidSynth could not load the sample library {sf2}")
-        return synth, sfid
+        sfids = []
+        for path in lib.paths():
+            sfid = synth.sfload(str(path))
+            if sfid < 0:
+                synth.delete()
+                raise SynthError(f"FluidSynth could not load {path} (library {library!r})")
+            sfids.append(sfid)
+        return synth, sfids
 
-    def _anchor(self, sf2: str) -> tuple[Any, int]:
-        hit = self._anchors.get(sf2)
+    def _anchor(self, library: str) -> tuple[Any, list[int]]:
+        hit = self._anchors.get(library)
         if hit is None:
-            hit = self._anchors[sf2] = self._load(sf2)
+            hit = self._anchors[library] = self._load(library)
         return hit
 
-    def has_preset(self, sf2: str, program: int, is_drum: bool = False) -> bool:
-        synth, sfid = self._anchor(sf2)
-        return synth.sfpreset_name(sfid, 128 if is_drum else 0, program) is not None
+    def _find(self, library: str, bank: int, program: int) -> Preset | None:
+        synth, sfids = self._anchor(library)
+        for i, sfid in enumerate(sfids):
+            name = synth.sfpreset_name(sfid, bank, program)
+            if name is not None:
+                return Preset(i, bank, program, str(name))
+        return None
 
-    def render(self, inst: pretty_midi.Instrument, sf2: str, n_samples: int) -> np.ndarray:
-        """Render one instrument to float32 stereo ``[2, n_samples]`` (FluidSynth's full-scale is 1.0)."""
-        self._anchor(sf2)  # keep the library cached while fresh instances come and go
-        synth, sfid = self._load(sf2)
+    def preset(self, library: str, program: int, is_drum: bool = False) -> Preset | None:
+        """The preset that renders ``program`` in ``library``, with a recorded fallback.
+
+        Melodic: the library's banks in order (GS variations first for ``fluidr3_gs``), then the nearest
+        program of the same GM family (program // 8) in bank 0, then the nearest program in bank 0. Drums:
+        the requested kit, else the standard kit 0, else None (the library has no drum kits).
+        """
+        key = (library, program, is_drum)
+        if key not in self._presets:
+            found: Preset | None = None
+            if is_drum:
+                found = self._find(library, 128, program) or self._find(library, 128, 0)
+            else:
+                for bank in get_library(library).melodic_banks:
+                    found = found or self._find(library, bank, program)
+                order = sorted(range(128), key=lambda q: (q // 8 != program // 8, abs(q - program), q))
+                for q in order:
+                    found = found or self._find(library, 0, q)
+            self._presets[key] = found
+        return self._presets[key]
+
+    def has_preset(self, library: str, program: int, is_drum: bool = False) -> bool:
+        """Whether ``program`` itself (no fallback) exists in one of the library's banks."""
+        hit = self.preset(library, program, is_drum)
+        return hit is not None and hit.program == program
+
+    def render(
+        self,
+        inst: pretty_midi.Instrument,
+        library: str,
+        n_samples: int,
+        gens: Mapping[str, float] | None = None,
+    ) -> tuple[np.ndarray, Preset]:
+        """Render one instrument to float32 stereo ``[2, n_samples]`` (FluidSynth's full-scale is 1.0).
+
+        Args:
+            inst: The notes, bends and controllers (channel 10 / bank 128 when ``is_drum``).
+            library: Registry name.
+            n_samples: Output length.
+            gens: Generator offsets by name (see ``_GEN_NAMES``), applied on the channel before the
+                first note.
+
+        Returns:
+            The audio and the preset used.
+
+        Raises:
+            SynthError: If the library has no preset for the program (drums: no kit at all).
+        """
+        preset = self.preset(library, inst.program, inst.is_drum)
+        if preset is None:
+            raise SynthError(f"library {library!r} has no preset for GM program {inst.program}")
+        self._anchor(library)  # keep the library cached while fresh instances come and go
+        synth, sfids = self._load(library)
         try:
-            return self._render(synth, sfid, sf2, inst, n_samples)
+            chan = 9 if inst.is_drum else 0
+            synth.program_select(chan, sfids[preset.file], preset.bank, preset.program)
+            for name, value in (gens or {}).items():
+                self._set_gen(synth.synth, chan, _GEN_NAMES[name], float(value))
+            return self._render(synth, chan, inst, n_samples), preset
         finally:
             synth.delete()
 
-    def _render(
-        self, synth: Any, sfid: int, sf2: str, inst: pretty_midi.Instrument, n_samples: int
-    ) -> np.ndarray:
-        chan = 9 if inst.is_drum else 0
-        bank = 128 if inst.is_drum else 0
-        program = inst.program
-        if synth.sfpreset_name(sfid, bank, program) is None:
-            if not inst.is_drum:
-                raise SynthError(f"{Path(sf2).name} has no preset for GM program {program}")
-            program = 0  # every GM library has the standard kit
-        synth.program_select(chan, sfid, bank, program)
+    def _render(self, synth: Any, chan: int, inst: pretty_midi.Instrument, n_samples: int) -> np.ndarray:
         sr = self.sample_rate
         # (sample, order, kind, a, b): note-offs before other events before note-ons at one instant.
         events: list[tuple[int, int, str, int, int]] = []
@@ -828,15 +924,23 @@ def _instrument(
     jitter_s: float = 0.008,
     detune_cents: float = 0.0,
     modulation: int = 0,
+    articulation: float = 1.0,
+    velocity_scale: float = 1.0,
+    velocity_offset: int = 0,
 ) -> pretty_midi.Instrument:
-    """Turn beat-time notes into a pretty_midi instrument with humanised timing, detune and vibrato depth."""
+    """Turn beat-time notes into a pretty_midi instrument with humanised timing, detune and vibrato depth.
+
+    ``articulation`` scales every note's length (staccato < 1 < legato); velocities become
+    ``velocity * velocity_scale + velocity_offset`` (clipped to 1..127) to vary the dynamics per stem.
+    """
     inst = pretty_midi.Instrument(program=program, is_drum=is_drum, name=name)
     last: dict[int, pretty_midi.Note] = {}
     for beat, dur, pitch, vel in sorted(notes):
         if not 0 <= pitch <= 127:
             continue
+        vel = int(np.clip(round(vel * velocity_scale + velocity_offset), 1, 127))
         start = max(0.0, song.seconds(beat) + float(rng.normal(0, jitter_s)))
-        end = max(start + 0.04, song.seconds(beat + dur) + float(rng.normal(0, jitter_s)))
+        end = max(start + 0.04, song.seconds(beat + dur * articulation) + float(rng.normal(0, jitter_s)))
         prev = last.get(pitch)
         if prev is not None and prev.end > start - 0.002:
             # One key cannot sound twice on a channel: a note-off would end both, so release the earlier.
@@ -885,35 +989,31 @@ class _Room:
     irs: np.ndarray | None  # [2, L] unit-energy impulse responses (left, right), None = dry
     wet: float
     rt60: float
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 def _draw_room(rng: np.random.Generator, genre: str, sample_rate: int) -> _Room:
+    """A dry room (15 %) or a synthetic one: genre decay range, early reflections, two-band tail, width."""
     if rng.random() < 0.15:
-        return _Room(None, 0.0, 0.0)
-    rt60 = float(rng.uniform(*_STYLES[genre].rt60))
-    wet = float(rng.uniform(0.05, 0.35))
-    predelay = int(rng.uniform(0.0, 0.03) * sample_rate)
-    n = int(rt60 * sample_rate)
-    t = np.arange(n) / sample_rate
-    env = np.exp(-6.91 * t / rt60)  # -60 dB at rt60
-    irs = np.zeros((2, predelay + n), dtype=np.float64)
-    irs[:, predelay:] = rng.standard_normal((2, n)) * env
-    # A first-order low-pass (drawn corner frequency) darkens the tail like air absorption.
-    cutoff_hz = float(rng.uniform(2000.0, 8000.0))
-    freqs = np.fft.rfftfreq(irs.shape[1], 1.0 / sample_rate)
-    irs = np.fft.irfft(np.fft.rfft(irs, axis=1) / np.sqrt(1 + (freqs / cutoff_hz) ** 2), irs.shape[1], axis=1)
-    irs /= np.sqrt(np.sum(irs**2, axis=1, keepdims=True))  # unit energy: wet level ~ dry level
-    return _Room(irs, wet, rt60)
+        return _Room(None, 0.0, 0.0, {"dry": True})
+    lo, hi = _STYLES[genre].rt60
+    rt60 = float(rng.uniform(lo * 0.7, hi * 1.3))
+    wet = float(rng.uniform(0.05, 0.4))
+    irs, info = fx.synth_ir(
+        rng,
+        sample_rate,
+        rt60,
+        predelay_s=float(rng.uniform(0.0, 0.04)),
+        width=float(rng.uniform(0.3, 1.0)),
+    )
+    return _Room(irs, wet, rt60, {**info, "wet": round(wet, 3)})
 
 
 def _reverb(x: np.ndarray, room: _Room) -> np.ndarray:
     """Mix ``x`` [2, n] with its convolution by the room IRs; output length n (tail cut)."""
     if room.irs is None or room.wet == 0:
         return x
-    n = x.shape[1]
-    size = 1 << (n + room.irs.shape[1] - 1).bit_length()
-    spec = np.fft.rfft(x.astype(np.float64), size, axis=1) * np.fft.rfft(room.irs, size, axis=1)
-    wet = np.fft.irfft(spec, size, axis=1)[:, :n]
+    wet = fx.convolve(x, room.irs)
     return (math.sqrt(1 - room.wet) * x + math.sqrt(room.wet) * wet).astype(np.float32)
 
 
@@ -929,22 +1029,25 @@ def _fade(x: np.ndarray, sample_rate: int, seconds: float = 0.01) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- items
+TRAIN, TEST, MIX = 0, 1, 2  # item kinds (the first element of an item's seed spawn key)
+
+
 @dataclass(frozen=True)
 class _Job:
-    kind: int  # 0 = training recording, 1 = test excerpt
+    kind: int  # TRAIN, TEST or MIX
     index: int
     seed: int
     out_dir: str
     sample_rate: int
-    soundfonts: tuple[str, ...]
+    library: str  # every stem of an item comes from this library
     programs: tuple[tuple[str, tuple[int, ...]], ...]  # label -> programs (all labels)
     labels: tuple[str, ...]
     save_stems: bool
     label: str = ""  # training: the predominant label
-    n_clips: int = 0  # training: clips cut from this recording
+    n_clips: int = 0  # training and mixes: clips cut from this recording
     prefix: int = 0  # training: per-label recording number
     recording: int = 0  # training: global recording id
-    name: str = ""  # test: file name stem
+    name: str = ""  # test: file name stem; mixes: the recording's name stem
 
 
 class _Retry(Exception):
@@ -957,13 +1060,69 @@ class _Part:
     role: str
     label: str | None
     inst: pretty_midi.Instrument
-    soundfont: str
+    library: str
     gain_db: float
     pan: float
+    perf: dict[str, Any] = field(default_factory=dict)  # performance: articulation, velocity, timing
+    fx: dict[str, Any] = field(default_factory=dict)  # sound: generator offsets, EQ, compressor, drive
+    preset: Preset | None = None  # set when rendered
 
 
 def _family(program: int) -> int:
     return program // 8
+
+
+def _r(x: float, nd: int = 3) -> float:
+    return round(float(x), nd)
+
+
+def _performance(rng: np.random.Generator, program: int, is_drum: bool = False) -> dict[str, Any]:
+    """How a stem is played: articulation (note-length factor), velocity curve and timing jitter."""
+    if is_drum:
+        return {
+            "jitter_s": _r(rng.uniform(0.002, 0.008), 4),
+            "velocity_scale": _r(rng.uniform(0.8, 1.15)),
+            "velocity_offset": int(rng.integers(-10, 11)),
+        }
+    style = str(_wpick(rng, ("staccato", "normal", "legato"), (0.2, 0.5, 0.3)))
+    lo, hi = {"staccato": (0.35, 0.6), "normal": (0.8, 0.95), "legato": (1.0, 1.08)}[style]
+    return {
+        "articulation_style": style,
+        "articulation": _r(rng.uniform(lo, hi)),
+        "jitter_s": _r(rng.uniform(0.002, 0.02), 4),
+        "velocity_scale": _r(rng.uniform(0.75, 1.15)),
+        "velocity_offset": int(rng.integers(-12, 13)),
+    }
+
+
+def _perf_kwargs(perf: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("jitter_s", "velocity_scale", "velocity_offset", "articulation")
+    return {k: perf[k] for k in keys if k in perf}
+
+
+def _stem_fx(
+    rng: np.random.Generator, program: int, is_drum: bool, label: str | None, sample_rate: int
+) -> dict[str, Any]:
+    """Sound of a stem: FluidSynth generator offsets, random EQ, compression and (electric guitar) drive."""
+    gens: dict[str, float] = {}
+    if not is_drum:
+        sustained = _family(program) not in _POLYPHONIC_FAMILIES
+        if rng.random() < 0.6:
+            gens["filter_fc_cents"] = _r(rng.uniform(-2400, 0), 1)  # darker (presets mostly start open)
+        if rng.random() < 0.3:
+            gens["filter_q_cb"] = _r(rng.uniform(0, 90), 1)
+        gens["attack_timecents"] = _r(rng.uniform(-400, 1500) if sustained else rng.uniform(-300, 300), 1)
+        gens["release_timecents"] = _r(rng.uniform(-1200, 1200), 1)
+        if sustained:
+            gens["vibrato_depth_cents"] = _r(rng.uniform(0, 25), 2)
+            gens["vibrato_rate_cents"] = _r(rng.uniform(-600, 600), 1)
+        gens["fine_tune_cents"] = _r(rng.uniform(-10, 10), 2)
+    return {
+        "gens": gens,
+        "eq": fx.draw_eq(rng, sample_rate),
+        "compressor": fx.draw_compressor(rng, 0.4),
+        "drive": fx.draw_drive(rng, sample_rate) if label == "gel" else None,
+    }
 
 
 def _choose_program(
@@ -992,13 +1151,12 @@ def _choose_program(
     return int(_pick(rng, allowed)) if allowed else None
 
 
-def _choose_soundfont(
-    rng: np.random.Generator, renderer: _Renderer, soundfonts: Sequence[str], program: int, is_drum: bool
-) -> str:
-    usable = [s for s in soundfonts if renderer.has_preset(s, program, is_drum) or is_drum]
-    if not usable:
-        raise SynthError(f"no sample library has GM program {program}")
-    return str(_pick(rng, usable))
+def _label_program(
+    rng: np.random.Generator, renderer: _Renderer, library: str, programs: Sequence[int]
+) -> int:
+    """A label's program that the library has; if it has none of them, the renderer's fallback applies."""
+    usable = [p for p in programs if renderer.has_preset(library, p)]
+    return int(_pick(rng, usable or list(programs)))
 
 
 def _range(code: str) -> tuple[int, int]:
@@ -1031,6 +1189,39 @@ def _lead_notes(rng: np.random.Generator, song: _Song, code: str, program: int, 
     return notes
 
 
+def _make_part(
+    rng: np.random.Generator,
+    job: _Job,
+    song: _Song,
+    notes: Sequence[Note],
+    program: int,
+    *,
+    bus: str,
+    role: str,
+    label: str | None,
+    name: str,
+    gain_db: float,
+    pan: float,
+    is_drum: bool = False,
+    detune_cents: float = 0.0,
+    modulation: int = 0,
+) -> _Part:
+    perf = _performance(rng, program, is_drum)
+    inst = _instrument(
+        rng,
+        song,
+        notes,
+        program,
+        is_drum=is_drum,
+        name=name,
+        detune_cents=detune_cents,
+        modulation=modulation,
+        **_perf_kwargs(perf),
+    )
+    sound = _stem_fx(rng, program, is_drum, label, job.sample_rate)
+    return _Part(bus, role, label, inst, job.library, gain_db, pan, perf, sound)
+
+
 def _accompaniment(
     rng: np.random.Generator,
     renderer: _Renderer,
@@ -1051,12 +1242,21 @@ def _accompaniment(
         bass_prog = _choose_program(rng, style.bass_programs, _NON_LABEL_BASS, banned_families, avoid, 0.9)
         if bass_prog is not None:
             notes = _bass(rng, song, (28, 55), style.bass_style, int(rng.integers(70, 105)))
-            inst = _instrument(
-                rng, song, notes, bass_prog, name="bass", detune_cents=float(rng.uniform(-8, 8))
-            )
-            sf2 = _choose_soundfont(rng, renderer, job.soundfonts, bass_prog, False)
             parts.append(
-                _Part(bus, "bass", None, inst, sf2, float(rng.uniform(-2, 2)), float(rng.uniform(-0.2, 0.2)))
+                _make_part(
+                    rng,
+                    job,
+                    song,
+                    notes,
+                    bass_prog,
+                    bus=bus,
+                    role="bass",
+                    label=None,
+                    name="bass",
+                    gain_db=float(rng.uniform(-2, 2)),
+                    pan=float(rng.uniform(-0.2, 0.2)),
+                    detune_cents=float(rng.uniform(-8, 8)),
+                )
             )
     if want_chords:
         chord_prog = _choose_program(
@@ -1066,34 +1266,63 @@ def _accompaniment(
             comp_style = str(_pick(rng, style.comp_styles))
             window = _window(rng, 48, 79, (12, 16))
             notes = _comp(rng, song, window, comp_style, int(rng.integers(55, 95)))
-            inst = _instrument(
-                rng, song, notes, chord_prog, name="chords", detune_cents=float(rng.uniform(-10, 10))
-            )
-            sf2 = _choose_soundfont(rng, renderer, job.soundfonts, chord_prog, False)
             parts.append(
-                _Part(
-                    bus, "chords", None, inst, sf2, float(rng.uniform(-4, 1)), float(rng.uniform(-0.7, 0.7))
+                _make_part(
+                    rng,
+                    job,
+                    song,
+                    notes,
+                    chord_prog,
+                    bus=bus,
+                    role="chords",
+                    label=None,
+                    name="chords",
+                    gain_db=float(rng.uniform(-4, 1)),
+                    pan=float(rng.uniform(-0.7, 0.7)),
+                    detune_cents=float(rng.uniform(-10, 10)),
                 )
             )
     drums = style.drum_style != "none" and rng.random() < style.drums_prob
     if drums:
         kit = int(_pick(rng, style.drum_kits))
         notes = _drums(rng, song, style.drum_style, int(rng.integers(70, 110)))
-        inst = _instrument(rng, song, notes, kit, is_drum=True, name="drums", jitter_s=0.004)
-        sf2 = _choose_soundfont(rng, renderer, job.soundfonts, kit, True)
-        parts.append(
-            _Part(bus, "drums", None, inst, sf2, float(rng.uniform(-3, 2)), float(rng.uniform(-0.1, 0.1)))
+        part = _make_part(
+            rng,
+            job,
+            song,
+            notes,
+            kit,
+            bus=bus,
+            role="drums",
+            label=None,
+            name="drums",
+            gain_db=float(rng.uniform(-3, 2)),
+            pan=float(rng.uniform(-0.1, 0.1)),
+            is_drum=True,
         )
+        if renderer.preset(job.library, kit, True) is None:  # a library without drum kits: no drums
+            drums = False
+        else:
+            parts.append(part)
     return parts, drums
 
 
 def _render_parts(renderer: _Renderer, parts: Sequence[_Part], n: int) -> dict[str, np.ndarray]:
-    """Render, unit-normalise, apply part gain and pan; sum into buses. Empty/silent parts are skipped."""
+    """Render, shape (drive, EQ, compression), unit-normalise, apply gain and pan; sum into buses.
+
+    Empty/silent parts are skipped.
+    """
     buses: dict[str, np.ndarray] = {}
+    sr = renderer.sample_rate
     for part in parts:
         if not part.inst.notes:
             continue
-        audio = renderer.render(part.inst, part.soundfont, n)
+        audio, part.preset = renderer.render(part.inst, part.library, n, part.fx.get("gens"))
+        if _rms(audio) < 1e-7:
+            continue
+        audio = fx.apply_drive(audio, part.fx.get("drive"), sr)
+        audio = fx.apply_eq(audio, part.fx.get("eq") or [], sr)
+        audio = fx.apply_compressor(audio, part.fx.get("compressor"), sr)
         level = _rms(audio)
         if level < 1e-7:
             continue
@@ -1103,37 +1332,51 @@ def _render_parts(renderer: _Renderer, parts: Sequence[_Part], n: int) -> dict[s
 
 
 def _part_info(part: _Part) -> dict[str, Any]:
+    preset = part.preset
     return {
         "role": part.role,
         "label": part.label,
         "program": int(part.inst.program),
         "is_drum": bool(part.inst.is_drum),
-        "soundfont": Path(part.soundfont).name,
+        "library": part.library,
+        "preset": None
+        if preset is None
+        else {"bank": preset.bank, "program": preset.program, "name": preset.name, "file": preset.file},
         "notes": len(part.inst.notes),
+        "gain_db": _r(part.gain_db, 2),
+        "pan": _r(part.pan),
+        "performance": part.perf,
+        **part.fx,
     }
 
 
 def _finish(
-    rng: np.random.Generator, buses: dict[str, np.ndarray], room: _Room
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Reverb every bus, add light noise, normalise the peak; returns scaled buses and their sum."""
+    rng: np.random.Generator, buses: dict[str, np.ndarray], room: _Room, sample_rate: int
+) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, Any]]:
+    """Reverb every bus, add drawn noise, normalise the peak; returns scaled buses, their sum and params."""
     wet = {name: _reverb(x, room) for name, x in buses.items()}
     mix = sum(wet.values(), np.zeros_like(next(iter(wet.values()))))
-    if rng.random() < 0.5:
-        snr_db = float(rng.uniform(35, 60))
-        noise = rng.standard_normal(mix.shape).astype(np.float32) * (_rms(mix) * 10 ** (-snr_db / 20))
-        wet["noise"] = noise
-        mix = mix + noise
+    noise_params = fx.draw_noise(rng)
+    if noise_params is not None:
+        noise = fx.make_noise(rng, noise_params, mix.shape, sample_rate)
+        wet["noise"] = noise * (_rms(mix) * 10 ** (-noise_params["snr_db"] / 20))
+        mix = mix + wet["noise"]
     peak = float(np.max(np.abs(mix)))
     if peak <= 0:
         raise _Retry("silent mix")
-    gain = 10 ** (-float(rng.uniform(0.5, 6.0)) / 20) / peak  # peak between -6 and -0.5 dBFS
-    return {k: v * gain for k, v in wet.items()}, mix * gain
+    peak_db = -float(rng.uniform(0.5, 6.0))  # peak between -6 and -0.5 dBFS
+    gain = 10 ** (peak_db / 20) / peak
+    info = {"noise": noise_params, "peak_dbfs": _r(peak_db, 2)}
+    return {k: v * gain for k, v in wet.items()}, mix * gain, info
 
 
 def _write_wav(path: Path, audio: np.ndarray, sample_rate: int, subtype: str = "PCM_16") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), np.ascontiguousarray(audio.T), sample_rate, subtype=subtype)
+
+
+def _write_sidecar(wav: Path, data: Mapping[str, Any]) -> None:
+    wav.with_suffix(".json").write_text(json.dumps(data, indent=1, sort_keys=False) + "\n", encoding="utf-8")
 
 
 def _save_stems(out_dir: Path, rel: str, buses: Mapping[str, np.ndarray], sample_rate: int) -> None:
@@ -1148,6 +1391,24 @@ def _train_genre(rng: np.random.Generator, code: str) -> str:
     return str(_wpick(rng, GENRES, [bias.get(g, 1.0) for g in GENRES]))
 
 
+def _render_info(
+    job: _Job, song: _Song, room: _Room, finish: Mapping[str, Any], parts: Sequence[_Part]
+) -> dict[str, Any]:
+    """The sidecar's ``render`` object: everything drawn for the item, so a clip can be explained."""
+    return {
+        "seed": job.seed,
+        "item": [job.kind, job.index],
+        "sample_rate": job.sample_rate,
+        "genre": song.genre,
+        "tempo": song.tempo,
+        "meter": song.beats_per_bar,
+        "key": song.key_name(),
+        "room": room.info,
+        **finish,
+        "parts": [_part_info(p) for p in parts],
+    }
+
+
 def _attempt_train(rng: np.random.Generator, renderer: _Renderer, job: _Job) -> dict[str, Any]:
     programs = dict(job.programs)
     sr = job.sample_rate
@@ -1156,26 +1417,24 @@ def _attempt_train(rng: np.random.Generator, renderer: _Renderer, job: _Job) -> 
     n = round(lead_in * sr) + job.n_clips * clip_n
     genre = _train_genre(rng, job.label)
     song = _draw_song(rng, genre, n / sr)
-    program = int(_pick(rng, programs[job.label]))
+    program = _label_program(rng, renderer, job.library, programs[job.label])
     velocity = int(rng.integers(70, 115))
     lead_notes = _lead_notes(rng, song, job.label, program, velocity)
     sustained = _family(program) not in _POLYPHONIC_FAMILIES
-    lead = _Part(
-        job.label,
-        "lead",
-        job.label,
-        _instrument(
-            rng,
-            song,
-            lead_notes,
-            program,
-            name=job.label,
-            detune_cents=float(rng.uniform(-12, 12)),
-            modulation=int(rng.integers(0, 50)) if sustained else 0,
-        ),
-        _choose_soundfont(rng, renderer, job.soundfonts, program, False),
-        0.0,
-        float(rng.uniform(-0.25, 0.25)),
+    lead = _make_part(
+        rng,
+        job,
+        song,
+        lead_notes,
+        program,
+        bus=job.label,
+        role="lead",
+        label=job.label,
+        name=job.label,
+        gain_db=0.0,
+        pan=float(rng.uniform(-0.25, 0.25)),
+        detune_cents=float(rng.uniform(-12, 12)),
+        modulation=int(rng.integers(0, 50)) if sustained else 0,
     )
     labelled = {p for progs in programs.values() for p in progs}
     backing, drums = _accompaniment(
@@ -1191,10 +1450,12 @@ def _attempt_train(rng: np.random.Generator, renderer: _Renderer, job: _Job) -> 
             _rms(buses[job.label]) * 10 ** (-margin_db / 20) / max(_rms(acc), 1e-12)
         )
     room = _draw_room(rng, genre, sr)
-    buses, mix = _finish(rng, buses, room)
+    buses, mix, finish = _finish(rng, buses, room, sr)
 
     files: list[dict[str, Any]] = []
-    cuts: list[tuple[str, int, int]] = []  # (relative path, first sample, end sample)
+    cuts: list[
+        tuple[str, int, int, dict[str, Any]]
+    ] = []  # (relative path, first sample, end sample, activity)
     start0 = round(lead_in * sr)
     group = ""
     for k in range(job.n_clips):
@@ -1211,7 +1472,8 @@ def _attempt_train(rng: np.random.Generator, renderer: _Renderer, job: _Job) -> 
         name = format_train_name(job.label, genre, job.recording, k + 1, drums=drums, prefix=job.prefix)
         group = f"{job.label}/{name.rsplit('__', 1)[0]}"  # same rule as the IRMAS reader
         rel = f"{TRAIN_DIR}/{job.label}/{name}"
-        cuts.append((rel, s0, s1))
+        activity = activity_record({job.label: buses[job.label][:, s0:s1]}, mix[:, s0:s1], sr)
+        cuts.append((rel, s0, s1, activity))
         files.append(
             {
                 "path": rel,
@@ -1223,20 +1485,33 @@ def _attempt_train(rng: np.random.Generator, renderer: _Renderer, job: _Job) -> 
             }
         )
     out_dir = Path(job.out_dir)
-    for rel, s0, s1 in cuts:
+    render = _render_info(job, song, room, finish, [lead, *backing])
+    for (rel, s0, s1, activity), info in zip(cuts, files, strict=True):
         _write_wav(out_dir / rel, mix[:, s0:s1], sr)
+        _write_sidecar(
+            out_dir / rel,
+            {
+                "library": job.library,
+                "labels": [job.label],
+                "group": group,
+                "start_s": info["start_s"],
+                "render": render,
+                "activity": activity,
+            },
+        )
         if job.save_stems:
             _save_stems(out_dir, rel, {b: x[:, s0:s1] for b, x in buses.items()}, sr)
     return {
         "kind": "train",
         "group": group,
         "label": job.label,
+        "library": job.library,
         "genre": genre,
         "drums": drums,
         "tempo": song.tempo,
         "meter": song.beats_per_bar,
         "key": song.key_name(),
-        "room": {"rt60": round(room.rt60, 3), "wet": round(room.wet, 3)},
+        "room": room.info,
         "parts": [_part_info(p) for p in (lead, *backing)],
         "files": files,
     }
@@ -1260,16 +1535,42 @@ def _test_roles(
     return roles
 
 
-def _attempt_test(rng: np.random.Generator, renderer: _Renderer, job: _Job) -> dict[str, Any]:
+@dataclass
+class _Multi:
+    """A rendered multi-instrument recording (test excerpt or training mix) before it is written."""
+
+    codes: list[str]
+    parts: list[_Part]
+    final: dict[str, np.ndarray]
+    mix: np.ndarray
+    levels: dict[str, float]
+    dropped: dict[str, str]
+    song: _Song
+    room: _Room
+    finish: dict[str, Any]
+    drums: bool
+
+
+def _compose_multi(
+    rng: np.random.Generator,
+    renderer: _Renderer,
+    job: _Job,
+    seconds: float,
+    counts: tuple[tuple[int, ...], tuple[float, ...]],
+) -> _Multi:
+    """Compose, render and mix 1-4 labelled instruments plus unlabelled backing (one song, one library).
+
+    Labelled stems that end up inaudible in the mix (see :data:`MIN_STEM_DBFS`,
+    :data:`MAX_BELOW_LOUDEST_DB`) are removed from the mix, not only from the labels.
+    """
     programs = dict(job.programs)
     sr = job.sample_rate
-    seconds = float(np.round(rng.uniform(5.0, 20.0), 2))
     n = round(seconds * sr)
-    n_inst = min(len(job.labels), int(_wpick(rng, (1, 2, 3, 4), (0.25, 0.35, 0.25, 0.15))))
+    n_inst = min(len(job.labels), int(_wpick(rng, *counts)))
     codes = [job.labels[i] for i in rng.choice(len(job.labels), size=n_inst, replace=False)]
     genre = str(_pick(rng, GENRES))
     song = _draw_song(rng, genre, seconds)
-    chosen = {c: int(_pick(rng, programs[c])) for c in codes}
+    chosen = {c: _label_program(rng, renderer, job.library, programs[c]) for c in codes}
     roles = _test_roles(rng, codes, chosen)
     parts: list[_Part] = []
     for code in codes:
@@ -1297,18 +1598,23 @@ def _attempt_test(rng: np.random.Generator, renderer: _Renderer, job: _Job) -> d
                 legato=0.95,
             )
         sustained = _family(prog) not in _POLYPHONIC_FAMILIES
-        inst = _instrument(
-            rng,
-            song,
-            notes,
-            prog,
-            name=code,
-            detune_cents=float(rng.uniform(-12, 12)),
-            modulation=int(rng.integers(0, 50)) if sustained else 0,
+        parts.append(
+            _make_part(
+                rng,
+                job,
+                song,
+                notes,
+                prog,
+                bus=code,
+                role=role,
+                label=code,
+                name=code,
+                gain_db=0.0 if role == "lead" else float(rng.uniform(-6, 0)),
+                pan=float(rng.uniform(-0.6, 0.6)),
+                detune_cents=float(rng.uniform(-12, 12)),
+                modulation=int(rng.integers(0, 50)) if sustained else 0,
+            )
         )
-        sf2 = _choose_soundfont(rng, renderer, job.soundfonts, prog, False)
-        gain = 0.0 if role == "lead" else float(rng.uniform(-6, 0))
-        parts.append(_Part(code, role, code, inst, sf2, gain, float(rng.uniform(-0.6, 0.6))))
     # Audible unlabelled backing must not sound like any label: ban every labelled program family.
     labelled = {p for progs in programs.values() for p in progs}
     banned = {_family(p) for p in labelled}
@@ -1339,7 +1645,7 @@ def _attempt_test(rng: np.random.Generator, renderer: _Renderer, job: _Job) -> d
     noise_rng_state = rng.bit_generator.state  # the same noise draw for every re-mix below
     for _ in range(len(codes) + 1):
         rng.bit_generator.state = noise_rng_state
-        final, mix = _finish(rng, buses, room)
+        final, mix, finish = _finish(rng, buses, room, sr)
         final, mix = {k: _fade(v, sr) for k, v in final.items()}, _fade(mix, sr)  # no clicks at the cuts
         levels = {c: _dbfs(final[c]) for c in codes if c in final}
         if not levels:
@@ -1359,34 +1665,109 @@ def _attempt_test(rng: np.random.Generator, renderer: _Renderer, job: _Job) -> d
             del buses[c]
     else:
         raise _Retry("labelled stems stayed inaudible")
-    labels = [c for c in job.labels if c in levels]  # canonical label order
+    return _Multi(codes, [*parts, *backing], final, mix, levels, dropped, song, room, finish, drums)
+
+
+def _multi_meta(kind: str, group: str, job: _Job, m: _Multi, files: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "kind": kind,
+        "group": group,
+        "library": job.library,
+        "genre": m.song.genre,
+        "drums": m.drums,
+        "tempo": m.song.tempo,
+        "meter": m.song.beats_per_bar,
+        "key": m.song.key_name(),
+        "room": m.room.info,
+        "parts": [_part_info(p) for p in m.parts],
+        "dropped": m.dropped,
+        "files": files,
+    }
+
+
+def _attempt_test(rng: np.random.Generator, renderer: _Renderer, job: _Job) -> dict[str, Any]:
+    sr = job.sample_rate
+    seconds = float(np.round(rng.uniform(5.0, 20.0), 2))
+    m = _compose_multi(rng, renderer, job, seconds, ((1, 2, 3, 4), (0.25, 0.35, 0.25, 0.15)))
+    labels = [c for c in job.labels if c in m.levels]  # canonical label order
     rel = f"{TEST_DIR}/{job.name}.wav"
     out_dir = Path(job.out_dir)
-    _write_wav(out_dir / rel, mix, sr)
+    _write_wav(out_dir / rel, m.mix, sr)
     (out_dir / TEST_DIR / f"{job.name}.txt").write_text("".join(f"{c}\n" for c in labels), encoding="utf-8")
+    _write_sidecar(
+        out_dir / rel,
+        {
+            "library": job.library,
+            "labels": labels,
+            "group": job.name,
+            "render": _render_info(job, m.song, m.room, m.finish, m.parts),
+            "activity": activity_record({c: m.final[c] for c in labels}, m.mix, sr),
+        },
+    )
     if job.save_stems:
-        _save_stems(out_dir, rel, final, sr)
-    return {
-        "kind": "test",
-        "group": job.name,
-        "genre": genre,
-        "drums": drums,
-        "tempo": song.tempo,
-        "meter": song.beats_per_bar,
-        "key": song.key_name(),
-        "room": {"rt60": round(room.rt60, 3), "wet": round(room.wet, 3)},
-        "parts": [_part_info(p) for p in (*parts, *backing)],
-        "dropped": dropped,
-        "files": [
+        _save_stems(out_dir, rel, m.final, sr)
+    files = [
+        {
+            "path": rel,
+            "split": "test",
+            "labels": labels,
+            "duration_s": seconds,
+            "stem_dbfs": {bus: round(_dbfs(x), 2) for bus, x in m.final.items()},
+        }
+    ]
+    return _multi_meta("test", job.name, job, m, files)
+
+
+def _attempt_mix(rng: np.random.Generator, renderer: _Renderer, job: _Job) -> dict[str, Any]:
+    """A multi-instrument training recording cut into 3-s clips labelled by per-frame activity."""
+    sr = job.sample_rate
+    clip_n = round(TRAIN_CLIP_S * sr)
+    lead_in = float(rng.uniform(0.2, 1.0))
+    start0 = round(lead_in * sr)
+    seconds = (start0 + job.n_clips * clip_n) / sr
+    m = _compose_multi(rng, renderer, job, seconds, ((2, 3, 4), (0.45, 0.35, 0.2)))
+    present = [c for c in job.labels if c in m.levels]
+    group = f"mix/{job.name}"
+    cuts = []
+    for k in range(job.n_clips):
+        s0, s1 = start0 + k * clip_n, start0 + (k + 1) * clip_n
+        activity = activity_record({c: m.final[c][:, s0:s1] for c in present}, m.mix[:, s0:s1], sr)
+        labels = clip_labels(activity["labels"], job.labels)
+        if not labels:
+            raise _Retry(f"mix clip {k + 1}: no labelled instrument active in 30 % of the frames")
+        cuts.append((f"{MIX_DIR}/{job.name}__{k + 1}.wav", s0, s1, activity, labels))
+    out_dir = Path(job.out_dir)
+    render = _render_info(job, m.song, m.room, m.finish, m.parts)
+    files = []
+    for rel, s0, s1, activity, labels in cuts:
+        _write_wav(out_dir / rel, m.mix[:, s0:s1], sr)
+        (out_dir / rel).with_suffix(".txt").write_text("".join(f"{c}\n" for c in labels), encoding="utf-8")
+        _write_sidecar(
+            out_dir / rel,
+            {
+                "library": job.library,
+                "labels": labels,
+                "group": group,
+                "start_s": round(s0 / sr, 6),
+                "render": render,
+                "activity": activity,
+            },
+        )
+        if job.save_stems:
+            _save_stems(out_dir, rel, {b: x[:, s0:s1] for b, x in m.final.items()}, sr)
+        files.append(
             {
                 "path": rel,
-                "split": "test",
+                "split": "train",
                 "labels": labels,
-                "duration_s": seconds,
-                "stem_dbfs": {bus: round(_dbfs(x), 2) for bus, x in final.items()},
+                "start_s": round(s0 / sr, 6),
+                "stem_dbfs": {bus: round(_dbfs(x[:, s0:s1]), 2) for bus, x in m.final.items()},
             }
-        ],
-    }
+        )
+    return _multi_meta("mix", group, job, m, files)
+
+
+_ATTEMPTS = {TRAIN: _attempt_train, TEST: _attempt_test, MIX: _attempt_mix}
 
 
 def _run_job(job: _Job, renderer: _Renderer) -> dict[str, Any]:
@@ -1394,7 +1775,7 @@ def _run_job(job: _Job, renderer: _Renderer) -> dict[str, Any]:
     reasons: list[str] = []
     for attempt in range(1, MAX_ATTEMPTS + 1):
         try:
-            meta = _attempt_train(rng, renderer, job) if job.kind == 0 else _attempt_test(rng, renderer, job)
+            meta = _ATTEMPTS[job.kind](rng, renderer, job)
         except _Retry as exc:
             reasons.append(str(exc))
             continue
@@ -1402,10 +1783,12 @@ def _run_job(job: _Job, renderer: _Renderer) -> dict[str, Any]:
         if reasons:
             meta["redraw_reasons"] = reasons
         return meta
-    what = (
-        f"training recording {job.recording} ({job.label})" if job.kind == 0 else f"test excerpt {job.name}"
-    )
-    raise SynthError(f"{what}: no audible result after {MAX_ATTEMPTS} draws: {reasons}")
+    what = {
+        TRAIN: f"training recording {job.recording} ({job.label})",
+        TEST: f"test excerpt {job.name}",
+        MIX: f"training mix {job.name}",
+    }[job.kind]
+    raise SynthError(f"{what} ({job.library}): no audible result after {MAX_ATTEMPTS} draws: {reasons}")
 
 
 def _pool_job(job: _Job) -> dict[str, Any]:
@@ -1413,33 +1796,85 @@ def _pool_job(job: _Job) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def plan_train(labels: Sequence[str], train_clips: int, clips_per_recording: int) -> list[tuple[str, int]]:
-    """Split ``train_clips`` into recordings: labels round-robin, ``clips_per_recording`` clips each.
+def _split_even(total: int, n: int, rotate: int = 0) -> list[int]:
+    """``total`` in ``n`` near-equal parts; the remainder goes to parts ``rotate``, ``rotate + 1``, ..."""
+    counts = [total // n] * n
+    for j in range(total % n):
+        counts[(rotate + j) % n] += 1
+    return counts
+
+
+def plan_train(
+    labels: Sequence[str], train_clips: int, clips_per_recording: int, libraries: Sequence[str] = ("",)
+) -> list[tuple[str, str, int]]:
+    """Split ``train_clips`` into recordings: labels round-robin, clips of a label spread over libraries.
 
     Args:
         labels: Label codes; label ``i`` gets ``train_clips // L`` clips, plus one if ``i < train_clips % L``.
         train_clips: Total number of clips.
-        clips_per_recording: Clips cut from one recording (the last one of a label may have fewer).
+        clips_per_recording: Clips cut from one recording (the last one of a label and library may have
+            fewer).
+        libraries: Library names; a label's clips are split evenly over them (the remainder rotates with
+            the label index, so every library also gets about the same total).
 
     Returns:
-        ``(label, n_clips)`` per recording, interleaved over labels.
+        ``(label, library, n_clips)`` per recording, interleaved over labels.
 
     Raises:
-        ValueError: On a negative count or ``clips_per_recording < 1``.
+        ValueError: On a negative count, ``clips_per_recording < 1`` or no library.
     """
     if train_clips < 0 or clips_per_recording < 1:
         raise ValueError("train_clips must be >= 0 and clips_per_recording >= 1")
+    if not libraries:
+        raise ValueError("at least one library is needed")
     n_lab = len(labels)
-    remaining = (
-        [train_clips // n_lab + (1 if i < train_clips % n_lab else 0) for i in range(n_lab)] if n_lab else []
-    )
+    per_label = _split_even(train_clips, n_lab) if n_lab else []
+    queues: list[list[tuple[str, str, int]]] = []
+    for i, code in enumerate(labels):
+        recs: list[tuple[str, str, int]] = []
+        per_lib = _split_even(per_label[i], len(libraries), rotate=i)
+        # interleave libraries inside a label, so a small run still touches every library
+        while any(per_lib):
+            for j, lib in enumerate(libraries):
+                if per_lib[j]:
+                    take = min(clips_per_recording, per_lib[j])
+                    recs.append((code, lib, take))
+                    per_lib[j] -= take
+        queues.append(recs)
+    plan: list[tuple[str, str, int]] = []
+    while any(queues):
+        for q in queues:
+            if q:
+                plan.append(q.pop(0))
+    return plan
+
+
+def plan_mixes(train_mixes: int, clips_per_recording: int, libraries: Sequence[str]) -> list[tuple[str, int]]:
+    """Split ``train_mixes`` multi-instrument clips into recordings spread evenly over libraries.
+
+    Args:
+        train_mixes: Total number of mix clips.
+        clips_per_recording: Clips cut from one recording.
+        libraries: Library names.
+
+    Returns:
+        ``(library, n_clips)`` per recording, interleaved over libraries.
+
+    Raises:
+        ValueError: On a negative count, ``clips_per_recording < 1`` or no library.
+    """
+    if train_mixes < 0 or clips_per_recording < 1:
+        raise ValueError("train_mixes must be >= 0 and clips_per_recording >= 1")
+    if not libraries:
+        raise ValueError("at least one library is needed")
+    remaining = _split_even(train_mixes, len(libraries))
     plan: list[tuple[str, int]] = []
     while any(remaining):
-        for i, code in enumerate(labels):
-            if remaining[i]:
-                take = min(clips_per_recording, remaining[i])
-                plan.append((code, take))
-                remaining[i] -= take
+        for j, lib in enumerate(libraries):
+            if remaining[j]:
+                take = min(clips_per_recording, remaining[j])
+                plan.append((lib, take))
+                remaining[j] -= take
     return plan
 
 
@@ -1451,7 +1886,9 @@ def synthesize(
     train_clips: int,
     test_excerpts: int,
     seed: int,
-    soundfonts: Sequence[Path | str],
+    libraries: Sequence[str] | None = None,
+    soundfonts: Sequence[Path | str] | None = None,
+    train_mixes: int = 0,
     sample_rate: int = 44100,
     clips_per_recording: int = 3,
     workers: int | None = None,
@@ -1459,21 +1896,28 @@ def synthesize(
     overwrite: bool = False,
     save_stems: bool = False,
 ) -> SynthReport:
-    """Render a synthetic data set in the IRMAS layout.
+    """Render a synthetic data set in the IRMAS layout, from several sample libraries.
 
     Writes ``IRMAS-TrainingData/<code>/NNN__[code][dru|nod][genre]RRRR__k.wav`` (3.0-s clips, one
-    predominant instrument), ``IRMAS-TestingData/NAME.wav`` + ``NAME.txt`` (5-20 s, 1-4 labelled
-    instruments) and ``synth_meta.json`` (seed, libraries, counts, per-file parts and stem levels).
+    predominant instrument), ``IRMAS-TrainingData-Mix/mix_<library>_RRRR__k.wav`` + ``.txt`` (3.0-s
+    clips, 2-4 labelled instruments, labels = instruments active in >= 30 % of the 100-ms frames),
+    ``IRMAS-TestingData/synth_<library>_NNNN.wav`` + ``.txt`` (5-20 s, 1-4 labelled instruments) and
+    ``synth_meta.json`` (seed, libraries, counts, per-file parts and stem levels). Every ``.wav`` has a
+    ``.json`` sidecar: ``library``, ``labels``, ``group``, ``render`` (everything drawn) and ``activity``
+    (see :mod:`ml.data.activity`). Every item (recording or excerpt) comes from one library.
 
     Args:
         out_dir: Output directory (created).
         labels: Label codes to render.
         programs: Label code -> GM programs (0-based) that render it; must cover ``labels``
             (see :func:`resolve_programs`).
-        train_clips: Total number of training clips, spread round-robin over ``labels``.
-        test_excerpts: Number of test excerpts.
+        train_clips: Total number of single-predominant training clips, spread round-robin over
+            ``labels`` and, per label, evenly over the libraries.
+        test_excerpts: Test excerpts *per library*.
         seed: Master seed; the output is a function of the seed and arguments, not of ``workers``.
-        soundfonts: Sample libraries (paths or names for :func:`resolve_soundfont`); each stem draws one.
+        libraries: Registry names (:mod:`ml.data.libraries`).
+        soundfonts: Deprecated spelling of ``libraries`` (names, or paths of registered libraries' files).
+        train_mixes: Total number of multi-instrument training clips, spread evenly over the libraries.
         sample_rate: Output sample rate in Hz.
         clips_per_recording: Consecutive 3-s clips cut from one generated recording (one group).
         workers: Processes; default ``os.cpu_count()``; 1 renders in this process. Workers are started
@@ -1487,9 +1931,9 @@ def synthesize(
         Counts and wall-clock seconds.
 
     Raises:
-        ValueError: On bad arguments (unknown label programs, counts, sample rate).
+        ValueError: On bad arguments (unknown label programs or library, counts, sample rate).
         FileExistsError: If ``out_dir`` holds a data set and ``overwrite`` is False.
-        FileNotFoundError: If a sample library is missing.
+        FileNotFoundError: If a sample library is not installed (the message names its Debian package).
         SynthError: If rendering fails or an item stays inaudible after :data:`MAX_ATTEMPTS` draws.
     """
     t0 = time.perf_counter()
@@ -1500,16 +1944,22 @@ def synthesize(
     if missing:
         raise ValueError(f"no GM programs for label(s) {missing}; use resolve_programs() for defaults")
     progs = resolve_programs(labels, programs)
-    if train_clips < 0 or test_excerpts < 0:
-        raise ValueError("train_clips and test_excerpts must be >= 0")
+    if train_clips < 0 or test_excerpts < 0 or train_mixes < 0:
+        raise ValueError("train_clips, train_mixes and test_excerpts must be >= 0")
     if sample_rate < 8000:
         raise ValueError(f"sample_rate must be >= 8000 Hz, got {sample_rate}")
-    if not soundfonts:
-        raise ValueError("at least one sample library is needed (see default_soundfonts())")
-    sf2s = tuple(str(resolve_soundfont(s)) for s in soundfonts)
+    if libraries is not None and soundfonts is not None:
+        raise ValueError("give libraries or soundfonts (deprecated), not both")
+    names = [_library_of(x) for x in (libraries if libraries is not None else soundfonts or [])]
+    if not names:
+        raise ValueError("at least one sample library is needed (see ml.data.libraries.library_names())")
+    if len(set(names)) != len(names):
+        raise ValueError(f"libraries must be unique, got {names}")
+    for name in names:
+        resolve_library(name)
 
     out = Path(out_dir)
-    ours = [out / TRAIN_DIR, out / TEST_DIR, out / META_NAME, out / STEMS_DIR]
+    ours = [out / TRAIN_DIR, out / MIX_DIR, out / TEST_DIR, out / META_NAME, out / STEMS_DIR]
     existing = [p for p in ours if p.exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{out} already holds a data set ({existing[0].name}); pass overwrite=True")
@@ -1521,24 +1971,42 @@ def synthesize(
     out.mkdir(parents=True, exist_ok=True)
 
     base = _Job(
-        kind=0,
+        kind=TRAIN,
         index=0,
         seed=seed,
         out_dir=str(out),
         sample_rate=sample_rate,
-        soundfonts=sf2s,
+        library=names[0],
         programs=tuple(progs.items()),
         labels=tuple(labels),
         save_stems=save_stems,
     )
     jobs: list[_Job] = []
     per_label: dict[str, int] = {}
-    for i, (code, n_clips) in enumerate(plan_train(labels, train_clips, clips_per_recording)):
+    for i, (code, lib, n_clips) in enumerate(plan_train(labels, train_clips, clips_per_recording, names)):
         per_label[code] = per_label.get(code, 0) + 1
         jobs.append(
-            replace(base, index=i, label=code, n_clips=n_clips, prefix=per_label[code], recording=i + 1)
+            replace(
+                base,
+                index=i,
+                label=code,
+                library=lib,
+                n_clips=n_clips,
+                prefix=per_label[code],
+                recording=i + 1,
+            )
         )
-    jobs += [replace(base, kind=1, index=j, name=f"synth_{j + 1:04d}") for j in range(test_excerpts)]
+    for i, (lib, n_clips) in enumerate(plan_mixes(train_mixes, clips_per_recording, names)):
+        jobs.append(
+            replace(base, kind=MIX, index=i, library=lib, n_clips=n_clips, name=f"mix_{lib}_{i + 1:04d}")
+        )
+    for li, lib in enumerate(names):
+        jobs += [
+            replace(
+                base, kind=TEST, index=li * test_excerpts + j, library=lib, name=f"synth_{lib}_{j + 1:04d}"
+            )
+            for j in range(test_excerpts)
+        ]
 
     n_workers = min(workers if workers is not None else (os.cpu_count() or 1), max(len(jobs), 1))
     if n_workers < 1:
@@ -1567,36 +2035,59 @@ def synthesize(
                     raise
 
     files = sorted((dict(f, **_item_fields(r)) for r in results for f in r["files"]), key=lambda f: f["path"])
-    n_train = sum(1 for f in files if f["split"] == "train")
-    n_test = len(files) - n_train
+    train_files = [f for f in files if f["split"] == "train" and f["kind"] == "train"]
+    mix_files = [f for f in files if f["kind"] == "mix"]
+    test_files = [f for f in files if f["split"] == "test"]
     meta = {
         "generator": "ml.data.synth",
         "seed": seed,
         "sample_rate": sample_rate,
         "labels": labels,
         "programs": {c: list(p) for c, p in progs.items()},
-        "soundfonts": [Path(s).name for s in sf2s],
+        "libraries": names,
+        "soundfonts": [get_library(n).paths()[0].name for n in names],
         "clips_per_recording": clips_per_recording,
         "min_stem_dbfs": MIN_STEM_DBFS,
+        "activity_hop_s": HOP_S,
         "counts": {
-            "train_files": n_train,
-            "test_files": n_test,
-            "train_recordings": sum(1 for j in jobs if j.kind == 0),
-            "train_per_label": {
-                c: sum(1 for f in files if f["split"] == "train" and f["labels"] == [c]) for c in labels
-            },
-            "test_per_label": {
-                c: sum(1 for f in files if f["split"] == "test" and c in f["labels"]) for c in labels
+            "train_files": len(train_files),
+            "mix_files": len(mix_files),
+            "test_files": len(test_files),
+            "train_recordings": sum(1 for j in jobs if j.kind == TRAIN),
+            "mix_recordings": sum(1 for j in jobs if j.kind == MIX),
+            "train_per_label": {c: sum(1 for f in train_files if f["labels"] == [c]) for c in labels},
+            "mix_per_label": {c: sum(1 for f in mix_files if c in f["labels"]) for c in labels},
+            "test_per_label": {c: sum(1 for f in test_files if c in f["labels"]) for c in labels},
+            "per_library": {
+                n: {
+                    "train_files": sum(1 for f in train_files if f["library"] == n),
+                    "mix_files": sum(1 for f in mix_files if f["library"] == n),
+                    "test_files": sum(1 for f in test_files if f["library"] == n),
+                }
+                for n in names
             },
         },
         "files": files,
     }
     (out / META_NAME).write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-    return SynthReport(n_train, n_test, time.perf_counter() - t0, out)
+    return SynthReport(len(train_files), len(test_files), time.perf_counter() - t0, out, len(mix_files))
 
 
 def _item_fields(item: Mapping[str, Any]) -> dict[str, Any]:
-    keys = ("group", "genre", "drums", "tempo", "meter", "key", "room", "parts", "attempts", "dropped")
+    keys = (
+        "kind",
+        "group",
+        "library",
+        "genre",
+        "drums",
+        "tempo",
+        "meter",
+        "key",
+        "room",
+        "parts",
+        "attempts",
+        "dropped",
+    )
     return {k: item[k] for k in keys if k in item}
 
 
@@ -1608,9 +2099,11 @@ __all__ = [
     "MIN_STEM_DBFS",
     "TEST_DIR",
     "TRAIN_CLIP_S",
+    "Preset",
     "SynthError",
     "SynthReport",
     "default_soundfonts",
+    "plan_mixes",
     "plan_train",
     "resolve_programs",
     "resolve_soundfont",

@@ -268,3 +268,56 @@ def test_build_manifest_strict_with_cache(irmas_root: Path, tmp_path: Path) -> N
 
 def test_build_manifest_without_cache(irmas_root: Path) -> None:
     assert len(build_manifest(irmas_root, LABELS)) == 10
+
+
+def _side(wav: Path, **data: object) -> None:
+    wav.with_suffix(".json").write_text(json.dumps(data))
+
+
+def test_mix_folder_sidecars_and_libraries(irmas_root: Path, tmp_path: Path) -> None:
+    mix = irmas_root / "IRMAS-TrainingData-Mix"
+    for k, labels in enumerate((["pia", "voi"], ["voi", "cel"], ["pia"]), start=1):
+        wav = mix / f"mix_opl3_0001__{k}.wav"
+        _wav(wav)
+        wav.with_suffix(".txt").write_text("\n".join(labels) + "\n")
+        _side(wav, library="opl3", labels=labels, group="mix/mix_opl3_0001")
+    _wav(mix / "mix_timgm6mb_0002__1.wav")  # no sidecar: group from the name, library unknown ("")
+    (mix / "mix_timgm6mb_0002__1.txt").write_text("gel\ngac\n")
+    _wav(mix / "mix_x__1.wav")  # no labels
+    _side(irmas_root / "IRMAS-TrainingData/cel/008__[cel][nod][cla]0058__1.wav", library="fluidr3_gm")
+    _side(irmas_root / "IRMAS-TestingData/other-2.wav", library="csound_gm", group="ignored for test")
+    manifest, rejected = scan_irmas(irmas_root, LABELS)
+    by_path = {r.path: r for r in manifest}
+    mixes = [r for r in manifest if r.path.startswith("IRMAS-TrainingData-Mix/")]
+    assert [(r.split, r.labels, r.group, r.library) for r in mixes] == [
+        ("train", ("pia", "voi"), "mix/mix_opl3_0001", "opl3"),
+        ("train", ("cel", "voi"), "mix/mix_opl3_0001", "opl3"),  # canonical label order
+        ("train", ("pia",), "mix/mix_opl3_0001", "opl3"),
+        ("train", ("gac", "gel"), "mix/mix_timgm6mb_0002", ""),
+    ]
+    assert any(r.path.endswith("mix_x__1.wav") and "missing label file" in r.reason for r in rejected)
+    assert by_path["IRMAS-TrainingData/cel/008__[cel][nod][cla]0058__1.wav"].library == "fluidr3_gm"
+    assert by_path["IRMAS-TrainingData/cel/008__[cel][nod][cla]0058__2.wav"].library == ""  # real: no sidecar
+    other = by_path["IRMAS-TestingData/other-2.wav"]
+    assert other.library == "csound_gm" and other.group == "other-2"
+
+    # a malformed sidecar rejects its clip with the reason
+    (irmas_root / "IRMAS-TrainingData/cel/008__[cel][nod][cla]0058__2.json").write_text("[1, 2")
+    _, rejected = scan_irmas(irmas_root, LABELS)
+    assert any("0058__2.wav" in r.path and "sidecar" in r.reason for r in rejected)
+
+
+def test_sidecar_change_invalidates_the_cache(irmas_root: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "m.csv"
+    wav = irmas_root / "IRMAS-TrainingData/pia/[pia][cla]1308__1.wav"
+    _side(wav, library="opl3")
+    first = build_manifest(irmas_root, LABELS, cache)
+    assert {r.path: r.library for r in first}[wav.relative_to(irmas_root).as_posix()] == "opl3"
+    _side(wav, library="fluidr3_gm", pad="x" * 10)  # the sidecar changes size: the fingerprint changes
+    second = build_manifest(irmas_root, LABELS, cache)
+    assert {r.path: r.library for r in second}[wav.relative_to(irmas_root).as_posix()] == "fluidr3_gm"
+    # a mix folder appearing invalidates too
+    mix = irmas_root / "IRMAS-TrainingData-Mix"
+    _wav(mix / "m__1.wav")
+    (mix / "m__1.txt").write_text("pia\n")
+    assert len(build_manifest(irmas_root, LABELS, cache)) == len(second) + 1

@@ -75,7 +75,7 @@ def test_header_and_empty_cells(tmp_path: Path) -> None:
     Manifest(tmp_path, _records()[3:]).write(path)
     lines = path.read_text().splitlines()
     assert lines[0] == HEADER
-    assert lines[1].endswith(',test,17.25,gel;voi,,,"02 - Hit, Or ""Miss""-1",,')
+    assert lines[1].endswith(',test,17.25,gel;voi,,,"02 - Hit, Or ""Miss""-1",,,')
 
 
 def test_queries(tmp_path: Path) -> None:
@@ -146,7 +146,7 @@ def test_record_validation(kwargs: dict[str, object], match: str) -> None:
         ClipRecord(**base)  # type: ignore[arg-type]
 
 
-GOOD_ROW = "a/x.wav,train,3.0,cel,cla,0,g1,,1"
+GOOD_ROW = "a/x.wav,train,3.0,cel,cla,0,g1,,1,opl3"
 
 
 @pytest.mark.parametrize(
@@ -154,14 +154,16 @@ GOOD_ROW = "a/x.wav,train,3.0,cel,cla,0,g1,,1"
     [
         ("", 1, "empty file"),
         ("path,split,labels\n" + GOOD_ROW, 1, "bad header"),
-        (f"{HEADER}\n{GOOD_ROW}\na/y.wav,train,three,cel,cla,0,g1,,1\n", 3, "duration_s"),
-        (f"{HEADER}\n{GOOD_ROW}\n\na/y.wav,train,3.0,cel\n", 4, "expected 9 columns"),
-        (f"{HEADER}\na/y.wav,dev,3.0,cel,cla,0,g1,,1\n", 2, "split"),
-        (f"{HEADER}\na/y.wav,train,3.0,cel,cla,maybe,g1,,1\n", 2, "drums"),
-        (f"{HEADER}\na/y.wav,train,3.0,cel,cla,1,g1,,x\n", 2, "fold"),
-        (f"{HEADER}\na/y.wav,train,3.0,cel,cla,1,g1,fast,1\n", 2, "tempo"),
+        (HEADER.replace("fold,library", "library,fold") + "\n" + GOOD_ROW, 1, "bad header"),
+        (HEADER.replace(",library", "") + "\n" + GOOD_ROW, 2, "expected 9 columns"),
+        (f"{HEADER}\n{GOOD_ROW}\na/y.wav,train,three,cel,cla,0,g1,,1,\n", 3, "duration_s"),
+        (f"{HEADER}\n{GOOD_ROW}\n\na/y.wav,train,3.0,cel\n", 4, "expected 10 columns"),
+        (f"{HEADER}\na/y.wav,dev,3.0,cel,cla,0,g1,,1,\n", 2, "split"),
+        (f"{HEADER}\na/y.wav,train,3.0,cel,cla,maybe,g1,,1,\n", 2, "drums"),
+        (f"{HEADER}\na/y.wav,train,3.0,cel,cla,1,g1,,x,\n", 2, "fold"),
+        (f"{HEADER}\na/y.wav,train,3.0,cel,cla,1,g1,fast,1,\n", 2, "tempo"),
         (f"{HEADER}\n{GOOD_ROW}\n{GOOD_ROW}\n", 3, "duplicate path"),
-        (f'{HEADER}\n"a/y.wav,train\n', 2, "unexpected end of data|expected 9 columns"),
+        (f'{HEADER}\n"a/y.wav,train\n', 2, "unexpected end of data|expected 10 columns"),
     ],
 )
 def test_malformed_csv_names_file_and_line(tmp_path: Path, text: str, line: int, reason: str) -> None:
@@ -175,3 +177,25 @@ def test_malformed_csv_names_file_and_line(tmp_path: Path, text: str, line: int,
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="cannot read"):
         Manifest.read(tmp_path / "none.csv")
+
+
+def test_library_round_trip_and_older_manifests(tmp_path: Path) -> None:
+    recs = [
+        r.__class__(**{**r.__dict__, "library": lib})
+        for r, lib in zip(_records(), ["opl3", "", "timgm6mb", ""], strict=True)
+    ]
+    manifest = Manifest(tmp_path, recs)
+    path = tmp_path / "m.csv"
+    manifest.write(path)
+    assert path.read_text().splitlines()[0].endswith(",fold,library")
+    back = Manifest.read(path, root=tmp_path)
+    assert back == manifest and back.libraries_present() == ["", "opl3", "timgm6mb"]
+    # a manifest written before the library column existed still reads, with library ""
+    old = tmp_path / "old.csv"
+    old.write_text(
+        "path,split,duration_s,labels,genre,drums,group,tempo,fold\n" + "a/x.wav,train,3.0,cel,cla,0,g1,,1\n"
+    )
+    (rec,) = Manifest.read(old).records
+    assert rec.library == "" and rec.labels == ("cel",) and rec.fold == 1
+    with pytest.raises(ManifestError, match="library"):
+        ClipRecord(path="a.wav", split="train", duration_s=1.0, labels=("a",), group="g", library=" opl3")

@@ -12,25 +12,30 @@ import pytest
 import soundfile as sf
 
 import ml.data.synth as synth
+from ml.data.activity import CLIP_MIN_FRACTION, clip_labels, load_activity, stem_activity
 from ml.data.irmas import parse_train_name, scan_irmas
 from ml.data.synth import (
     DEFAULT_GM_PROGRAMS,
     MIN_STEM_DBFS,
     SynthError,
     default_soundfonts,
+    plan_mixes,
     plan_train,
     resolve_programs,
     resolve_soundfont,
     synthesize,
 )
 
-SMALL_LABELS = ["cel", "flu", "gac", "sax"]
+SMALL_LABELS = ["cel", "flu", "gac", "gel", "sax"]
+LIBS = ["timgm6mb", "csound_gm"]  # the two small libraries: seconds to load in every worker
 SMALL = {
     "labels": SMALL_LABELS,
     "programs": DEFAULT_GM_PROGRAMS,
-    "train_clips": 8,
-    "test_excerpts": 2,
+    "train_clips": 10,
+    "train_mixes": 3,
+    "test_excerpts": 1,  # per library
     "seed": 3,
+    "libraries": LIBS,
     "progress": False,
 }
 
@@ -57,8 +62,8 @@ def _digest(root: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     out = tmp_path_factory.mktemp("synth_small")
-    report = synthesize(out, soundfonts=default_soundfonts(), workers=2, save_stems=True, **SMALL)
-    assert (report.train_files, report.test_files) == (8, 2)
+    report = synthesize(out, workers=2, save_stems=True, **SMALL)
+    assert (report.train_files, report.mix_files, report.test_files) == (10, 3, 2)
     return out, json.loads((out / "synth_meta.json").read_text())
 
 
@@ -66,9 +71,10 @@ def test_layout_reads_back_as_irmas(small_run: tuple[Path, dict[str, Any]]) -> N
     out, meta = small_run
     manifest, rejected = scan_irmas(out, SMALL_LABELS)
     assert rejected == []
-    train = manifest.filter("train")
+    train = manifest.filter("train", predicate=lambda r: r.path.startswith("IRMAS-TrainingData/"))
+    mixes = manifest.filter("train", predicate=lambda r: r.path.startswith("IRMAS-TrainingData-Mix/"))
     test = manifest.filter("test")
-    assert len(train) == 8 and len(test) == 2
+    assert len(train) == 10 and len(mixes) == 3 and len(test) == 2
     for rec in train:
         folder = rec.path.split("/")[1]
         tags = parse_train_name(rec.path.rsplit("/", 1)[1])
@@ -77,14 +83,25 @@ def test_layout_reads_back_as_irmas(small_run: tuple[Path, dict[str, Any]]) -> N
         info = sf.info(str(out / rec.path))
         assert info.frames == 3 * info.samplerate  # exactly 3.0 s
         assert info.subtype == "PCM_16"
-    # round-robin: 2 clips per label, cut from one recording each -> one group per label
+    # round-robin: 2 clips per label, one from each library -> one recording (group) per label and library
     assert sorted(r.labels[0] for r in train) == sorted(SMALL_LABELS * 2)
-    assert len({r.group for r in train}) == 4
+    assert len({r.group for r in train}) == 10
+    for lab in SMALL_LABELS:
+        assert sorted(r.library for r in train if r.labels == (lab,)) == sorted(LIBS)
+    # mixes: 2 + 1 clips over the libraries; the clips of one recording share a group
+    assert sorted(r.library for r in mixes) == sorted(["timgm6mb", "timgm6mb", "csound_gm"])
+    assert len({r.group for r in mixes}) == 2 and all(r.group.startswith("mix/") for r in mixes)
+    for rec in mixes:
+        assert rec.duration_s == 3.0 and 1 <= len(rec.labels) <= 4
+    # test excerpts: test_excerpts per library
+    assert sorted(r.library for r in test) == sorted(LIBS)
     for rec in test:
         assert 5.0 <= rec.duration_s <= 20.0
         assert 1 <= len(rec.labels) <= 4
-    assert meta["seed"] == 3 and meta["soundfonts"] == [p.name for p in default_soundfonts()]
-    assert meta["counts"]["train_files"] == 8 and meta["counts"]["test_files"] == 2
+    assert meta["seed"] == 3 and meta["libraries"] == LIBS
+    assert meta["soundfonts"] == ["TimGM6mb.sf2", "sf_GMbank.sf2"]
+    assert meta["counts"]["train_files"] == 10 and meta["counts"]["test_files"] == 2
+    assert meta["counts"]["mix_files"] == 3
 
 
 def test_meta_matches_files(small_run: tuple[Path, dict[str, Any]]) -> None:
@@ -96,9 +113,20 @@ def test_meta_matches_files(small_run: tuple[Path, dict[str, Any]]) -> None:
         rec = by_path[f["path"]]
         assert tuple(f["labels"]) == rec.labels
         assert f["group"] == rec.group
-        if f["split"] == "test":
+        assert f["library"] == rec.library
+        if f["kind"] != "train":
             txt = (out / f["path"]).with_suffix(".txt").read_text().split()
             assert txt == f["labels"]
+        side = json.loads((out / f["path"]).with_suffix(".json").read_text())
+        assert (
+            side["library"] == f["library"] and side["labels"] == f["labels"] and side["group"] == f["group"]
+        )
+        assert set(side["activity"]["labels"]) >= set(f["labels"])
+        assert side["render"]["seed"] == 3 and side["render"]["parts"] == f["parts"]
+        for p in f["parts"]:
+            assert p["library"] == f["library"] and p["preset"] is not None
+            if p["label"] == "gel":
+                assert p["drive"]["kind"] in ("clean", "crunch", "distortion")
         # every labelled part was rendered with one of that label's programs
         lead = [p for p in f["parts"] if p["label"] is not None]
         assert {p["label"] for p in lead} >= set(f["labels"])
@@ -123,7 +151,26 @@ def test_labelled_stems_really_sound(small_run: tuple[Path, dict[str, Any]]) -> 
             assert level == pytest.approx(f["stem_dbfs"][name], abs=0.05)
         for lab in f["labels"]:
             assert levels[lab] > MIN_STEM_DBFS, (f["path"], lab, levels)
-        if f["split"] == "train":
+        act = load_activity(out / f["path"], SMALL_LABELS)
+        assert act is not None and act.shape == (
+            len(SMALL_LABELS),
+            math.ceil(mix.shape[0] / (sf.info(str(out / f["path"])).samplerate * 0.1)),
+        )
+        if f["kind"] == "mix":
+            # activity is the stems' rule re-computed; labels = active in >= 30 % of the frames
+            sr = sf.info(str(out / f["path"])).samplerate
+            float_mix = sum(stems.values())  # the mix before 16-bit rounding, as the generator saw it
+            recomputed = {
+                lab: stem_activity(stems[lab].T, float_mix.T, sr).tolist()
+                for lab in SMALL_LABELS
+                if lab in stems
+            }
+            assert f["labels"] == clip_labels(recomputed, SMALL_LABELS)
+            side = json.loads((out / f["path"]).with_suffix(".json").read_text())
+            for lab, row in recomputed.items():
+                assert side["activity"]["labels"][lab] == row
+                assert (np.mean(row) >= CLIP_MIN_FRACTION) == (lab in f["labels"])
+        elif f["kind"] == "train":
             (lab,) = f["labels"]
             others = [x for name, x in stems.items() if name != lab]
             if others:  # predominant: clearly louder than everything else together
@@ -138,17 +185,20 @@ def test_deterministic_for_seed_and_independent_of_workers(
 ) -> None:
     out, _ = small_run
     again = tmp_path / "again"
-    synthesize(again, soundfonts=default_soundfonts(), workers=1, save_stems=True, **SMALL)
-    assert _digest(again) == _digest(out)
+    synthesize(again, workers=1, save_stems=True, **SMALL)
+    assert _digest(again) == _digest(out)  # wavs, sidecars, label files and meta, byte for byte
 
     other = tmp_path / "other"
-    synthesize(other, soundfonts=default_soundfonts(), workers=2, **{**SMALL, "seed": 4, "test_excerpts": 1})
+    synthesize(other, workers=2, **{**SMALL, "seed": 4})
     a = sf.read(str(sorted((out / "IRMAS-TrainingData" / "cel").glob("*.wav"))[0]))[0]
     b = sf.read(str(sorted((other / "IRMAS-TrainingData" / "cel").glob("*.wav"))[0]))[0]
     assert a.shape == b.shape and not np.array_equal(a, b)
     assert (
-        _digest(other)["IRMAS-TestingData/synth_0001.wav"] != _digest(out)["IRMAS-TestingData/synth_0001.wav"]
+        _digest(other)["IRMAS-TestingData/synth_csound_gm_0001.wav"]
+        != _digest(out)["IRMAS-TestingData/synth_csound_gm_0001.wav"]
     )
+    mix = "IRMAS-TrainingData-Mix/mix_timgm6mb_0001__1.wav"
+    assert _digest(other)[mix] != _digest(out)[mix]
 
 
 def test_silent_predominant_part_is_redrawn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -219,7 +269,7 @@ def test_silent_test_instrument_is_not_labelled(tmp_path: Path, monkeypatch: pyt
 def test_existing_output_needs_overwrite(small_run: tuple[Path, dict[str, Any]]) -> None:
     out, _ = small_run
     with pytest.raises(FileExistsError, match="overwrite"):
-        synthesize(out, soundfonts=default_soundfonts(), workers=1, **SMALL)
+        synthesize(out, workers=1, **SMALL)
 
 
 def test_default_size_run_is_fast_and_balanced(tmp_path: Path) -> None:
@@ -230,29 +280,51 @@ def test_default_size_run_is_fast_and_balanced(tmp_path: Path) -> None:
         labels=labels,
         programs=DEFAULT_GM_PROGRAMS,
         train_clips=22,
-        test_excerpts=3,
+        test_excerpts=1,
         seed=1,
-        soundfonts=default_soundfonts(),
+        libraries=LIBS,
         workers=2,
         progress=False,
     )
     elapsed = time.perf_counter() - t0
-    assert elapsed < 60, f"22 clips + 3 excerpts took {elapsed:.1f} s"
-    assert (report.train_files, report.test_files) == (22, 3)
+    assert elapsed < 60, f"22 clips + 2 excerpts took {elapsed:.1f} s"
+    assert (report.train_files, report.test_files) == (22, 2)
     manifest, rejected = scan_irmas(tmp_path, labels)
-    assert rejected == [] and len(manifest) == 25
+    assert rejected == [] and len(manifest) == 24
     counts = {lab: sum(r.labels == (lab,) for r in manifest.filter("train")) for lab in labels}
     assert set(counts.values()) == {2}
 
 
 def test_plan_train() -> None:
-    assert plan_train(list("abcdefghijk"), 22, 3) == [(c, 2) for c in "abcdefghijk"]
+    assert plan_train(list("abcdefghijk"), 22, 3) == [(c, "", 2) for c in "abcdefghijk"]
     plan = plan_train(["a", "b", "c", "d"], 10, 2)
-    assert sum(n for _, n in plan) == 10
-    per = {c: sum(n for lab, n in plan if lab == c) for c in "abcd"}
+    assert sum(n for _, _, n in plan) == 10
+    per = {c: sum(n for lab, _, n in plan if lab == c) for c in "abcd"}
     assert per == {"a": 3, "b": 3, "c": 2, "d": 2}
-    assert all(n <= 2 for _, n in plan)
+    assert all(n <= 2 for _, _, n in plan)
     assert plan_train(["a", "b"], 0, 3) == []
+    # per label, clips spread evenly over libraries; the remainder rotates so library totals balance
+    libs = ["x", "y", "z", "w"]
+    plan = plan_train(list("abcdefghijk"), 440, 3, libs)
+    per_pair = {
+        (lab, lib): sum(n for la, li, n in plan if (la, li) == (lab, lib))
+        for lab in "abcdefghijk"
+        for lib in libs
+    }
+    assert set(per_pair.values()) == {10}
+    plan = plan_train(list("abcdefghijk"), 22, 3, libs)
+    totals = [sum(n for _, li, n in plan if li == lib) for lib in libs]
+    assert sum(totals) == 22 and max(totals) - min(totals) <= 1
+    assert all(len({li for la, li, _ in plan if la == lab}) == 2 for lab in "abcdefghijk")
+    with pytest.raises(ValueError, match="library"):
+        plan_train(["a"], 3, 3, [])
+
+
+def test_plan_mixes() -> None:
+    assert plan_mixes(7, 3, ["x", "y"]) == [("x", 3), ("y", 3), ("x", 1)]
+    assert plan_mixes(0, 3, ["x"]) == []
+    with pytest.raises(ValueError):
+        plan_mixes(-1, 3, ["x"])
 
 
 def test_soundfont_and_program_resolution(tmp_path: Path) -> None:
@@ -262,6 +334,12 @@ def test_soundfont_and_program_resolution(tmp_path: Path) -> None:
     assert resolve_soundfont(str(tim)) == tim
     with pytest.raises(FileNotFoundError):
         resolve_soundfont(tmp_path / "none.sf2")
+    (tmp_path / "other.sf2").write_bytes(b"RIFF")
+    with pytest.raises(ValueError, match="not a registered sample library"):
+        resolve_soundfont(tmp_path / "other.sf2")  # only the registry's libraries may be used
+    with pytest.raises(ValueError, match="valid names"):
+        synthesize(tmp_path / "y", **{**SMALL, "libraries": ["timgm6mb", "bogus"]})
+    assert not (tmp_path / "y").exists()  # refused before anything was written
     assert resolve_programs(["cel", "new"], {"new": [5]}) == {"cel": (42,), "new": (5,)}
     with pytest.raises(ValueError, match="no General MIDI program"):
         resolve_programs(["new"])
