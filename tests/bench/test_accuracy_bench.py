@@ -33,9 +33,9 @@ def test_tiny_run_reports_both_recipes_per_held_out_library(smoke_cfg, tmp_path)
     result = accuracy.run(cfg, quick=True, size=size)
     assert set(result["protocol"]) == {"ours", "seed"}
     for recipe, rep in result["protocol"].items():
-        assert sorted(rep["families"]) == ["opl3", "timgm6mb"]
+        assert sorted(rep["families"]) == ["opl3", "timgm"]
         for fam, f in rep["families"].items():
-            assert f["train_libraries"] == [x for x in size.libraries if x != fam]
+            assert f["train_libraries"] and all(lolo.default_family(x) != fam for x in f["train_libraries"])
             for info in f["training"].values():  # the budget, not the epoch count, ends every run
                 assert info["train_s"] >= size.budget_s and info["epochs"] >= 1
             assert set(f["results"]) == {*result["recipes"][recipe], lolo.ENSEMBLE, lolo.TRIVIAL}
