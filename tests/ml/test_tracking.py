@@ -296,7 +296,12 @@ def test_load_spec_is_the_one_loader(cfg: Config, tmp_path: Path) -> None:
     with pytest.raises(SpecNotFoundError, match=r"run `mpic fuse --profile smoke` first"):
         load_spec(cfg)
     untrained = load_spec(cfg, allow_untrained=True)
-    assert stamp(untrained) == {"name": "default", "registered_model": None, "version": None, "source": "untrained"}
+    assert stamp(untrained) == {
+        "name": "default",
+        "registered_model": None,
+        "version": None,
+        "source": "untrained",
+    }
     with pytest.raises(SpecNotFoundError, match="no checkpoints"):
         load_spec(cfg, EQUAL)
     spec = default_spec(cfg)
@@ -306,7 +311,12 @@ def test_load_spec_is_the_one_loader(cfg: Config, tmp_path: Path) -> None:
     spec.weights = {m: float(i + 1) for i, m in enumerate(spec.weights)}
     tracking.register_spec(cfg, spec, {"macro_f1": 0.1})  # worse: the champion stays v1
     name = tracking.spec_model_name(cfg)
-    assert stamp(load_spec(cfg)) == {"name": "default", "registered_model": name, "version": 1, "source": "tune"}
+    assert stamp(load_spec(cfg)) == {
+        "name": "default",
+        "registered_model": name,
+        "version": 1,
+        "source": "tune",
+    }
     assert load_spec(cfg, "champion").version == 1
     assert load_spec(cfg, 2).version == load_spec(cfg, "2").version == 2
     with pytest.raises(SpecNotFoundError, match="no version or alias '7'"):
