@@ -64,7 +64,7 @@ def test_a_second_profile_never_touches_the_first(
 
     train(b)
     fb = fuse(b)
-    assert fb["registered_model"] == "mpic-smoke2-ensemble-default" and fb["version"] == "1"
+    assert fb["registered_model"] == "mpic-smoke2-ensemble-default" and fb["version"] == 1
     # profile A: byte-identical files, the same registered versions, tags and champions
     assert _files(a.runs_dir) == files_a
     assert _registry(a) == registry_a
