@@ -32,12 +32,12 @@ RUN pip install --no-cache-dir -q ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_U
 # Dependencies first (cached while only the code changes), then the project in editable mode: the source
 # tree stays the package, so config.yml and serve/config.yaml are found next to it (ml.config.PROJECT_DIR).
 COPY --chown=ray:users pyproject.toml README.md ./
-RUN mkdir -p ml serve ray_jobs \
-    && touch ml/__init__.py serve/__init__.py ray_jobs/__init__.py \
+RUN mkdir -p ml serve ray_jobs mpic \
+    && touch ml/__init__.py serve/__init__.py ray_jobs/__init__.py mpic/__init__.py \
     && pip install --no-cache-dir -q -e . \
-    && rm -rf ml serve ray_jobs mpic.egg-info
+    && rm -rf ml serve ray_jobs mpic mpic.egg-info
 COPY --chown=ray:users . .
 RUN pip install --no-cache-dir -q --no-deps -e . \
-    && python -c "import ml.config, serve.app, ray_jobs.train; print('mpic installed')"
+    && python -c "import ml.config, serve.app, ray_jobs.train, mpic.cli; print('mpic installed')"
 
 # The Ray image's entrypoint is kept: KubeRay and the launcher run `ray start …` in it.

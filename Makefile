@@ -40,12 +40,12 @@ test-fast: ## tests without Ray, Serve or the browser (seconds)
 
 lint: ## ruff + mypy
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/ruff format --check ml serve ray_jobs bench
-	$(VENV)/bin/mypy ml serve ray_jobs bench
+	$(VENV)/bin/ruff format --check ml serve ray_jobs bench mpic
+	$(VENV)/bin/mypy ml serve ray_jobs bench mpic
 
 format: ## apply ruff's formatting and fixes
 	$(VENV)/bin/ruff check --fix .
-	$(VENV)/bin/ruff format ml serve ray_jobs bench tests
+	$(VENV)/bin/ruff format ml serve ray_jobs bench mpic tests
 
 data: setup ## render the demo data set (once)
 	@if [ -d "$$($(PY) -c 'from ml.config import load_config; print(load_config(profile="$(PROFILE)").data.root)')/IRMAS-TrainingData" ]; then \

@@ -140,8 +140,8 @@ def ensemble_members(cfg: Config) -> list[str]:
 def write_random_checkpoints(cfg: Config, runs_dir: Path) -> dict[str, list[str]]:
     """k fold checkpoints per member with deterministic random weights: ``runs/<member>/fold<i>/model.pt``.
 
-    No ensemble spec is written, so :func:`ml.ensemble.resolve_spec` gives equal weights and the loaders
-    find these checkpoints under ``runs_dir``.
+    No ensemble is registered: the benchmark loads them as the equal-weights spec of ``runs_dir``
+    (:func:`ml.ensemble.load_spec` with ``"equal"``, i.e. ``version="equal"`` for Serve).
     """
     import torch
 
@@ -213,11 +213,12 @@ def measure_limit(
     import torch
 
     from ml.audio import resample
+    from ml.ensemble import EQUAL, load_spec
     from ml.inference import load_ensemble
 
     if threads is not None:
         torch.set_num_threads(threads)
-    ens = load_ensemble(cfg, device=device)
+    ens = load_ensemble(cfg, load_spec(cfg, EQUAL), device=device)
     if batch_size is not None:
         for p in ens.predictors.values():
             p.batch_size = batch_size
@@ -582,7 +583,9 @@ class Server:
             "request_timeout_s": self.cfg.serve.limits.request_timeout_s + 10,
         }
         serve.start(http_options=http)
-        self.serve_config = serve_config(AppArgs(config_data=self.cfg.snapshot()), http_options=http)
+        self.serve_config = serve_config(
+            AppArgs(config_data=self.cfg.snapshot(), version="equal"), http_options=http
+        )
         deploy(self.serve_config, timeout_s=300)
         self.url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120

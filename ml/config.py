@@ -7,12 +7,20 @@ dotted path and, where the schema knows them, the allowed values.
 
 Relative paths are resolved against the directory of the config file, so a loaded config holds absolute
 paths and can be shipped to Ray workers as is.
+
+A profile is a **namespace** (:func:`derive_namespace`): unless set explicitly, its ``runs_dir``
+(``<cache_dir>/<namespace>/runs``), ``ray.storage_path``, MLflow experiment (``mpic-<namespace>``) and
+registered-model prefix (``mpic-<namespace>``) are derived from the namespace name, which is the profile
+name (``default`` without one). A config that sets ``runs_dir`` itself (``--set runs_dir=…``) without a
+``namespace`` gets ``<profile>-<hash of runs_dir>``, so another runs location never shares MLflow names
+with the profile's own. Data caches keyed by content (decoded audio, manifests) stay shared.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -25,6 +33,10 @@ PROJECT_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG_NAME = "config.yml"
 CONFIG_ENV = "MPIC_CONFIG"
 PROFILE_ENV = "MPIC_PROFILE"
+
+NAMESPACE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+DEFAULT_NAMESPACE = "default"
+DEFAULT_CACHE_DIR = ".cache/mpic"
 
 Aggregation = Literal["mean", "max", "s2"]
 Objective = Literal["macro_f1", "micro_f1", "lrap"]
@@ -340,6 +352,7 @@ class MlflowConfig(_Strict):
     artifacts_destination: str = ".cache/mpic/mlflow-artifacts"
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 5000
+    # Both default to ``mpic-<namespace>`` when loaded through load_config (see derive_namespace).
     experiment: str = "mpic"
     registered_model_prefix: str = "mpic"
     alias: str = "champion"
@@ -363,6 +376,8 @@ class Config(_Strict):
     labels: list[Label]
     audio: AudioConfig = AudioConfig()
     data: DataConfig = DataConfig()
+    # The namespace of runs, checkpoints, MLflow experiment and registered names (module doc).
+    namespace: Annotated[str, Field(pattern=NAMESPACE_PATTERN)] = "default"
     runs_dir: Path = Path(".cache/mpic/runs")
     synth: SynthConfig = SynthConfig()
     folds: FoldsConfig = FoldsConfig()
@@ -459,6 +474,11 @@ class Config(_Strict):
             return TrainConfig.model_validate({**self.train.model_dump(), **m.train})
         except ValidationError as e:
             raise ConfigError(_format_errors(e, prefix=f"members.{member}.train")) from None
+
+    @property
+    def namespace_dir(self) -> Path:
+        """This namespace's own folder under the shared cache (``<cache_dir>/<namespace>``)."""
+        return self.data.cache_dir / self.namespace
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-serialisable dump (for MLflow and checkpoints)."""
@@ -640,11 +660,47 @@ def config_from_dict(
         data["profile"] = profile
     for ov in overrides:
         apply_override(data, ov)
-    _resolve_paths(data, (base_dir or Path.cwd()).resolve())
+    base = (base_dir or Path.cwd()).resolve()
+    _resolve_paths(data, base)
+    derive_namespace(data, profile, base)
     try:
         return Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_errors(e)) from None
+
+
+def derive_namespace(data: dict[str, Any], profile: str | None, base: Path) -> None:
+    """Fill the namespace and the settings derived from it into a merged, path-resolved config mapping.
+
+    Explicit values win. The namespace is ``namespace`` if set; else, when ``runs_dir`` is set
+    explicitly, ``<profile>-<sha256(runs_dir)[:8]>`` (another runs location is another namespace); else
+    the profile name (``default`` without a profile). Derived: ``runs_dir = <cache_dir>/<ns>/runs``,
+    ``ray.storage_path = <cache_dir>/<ns>/ray_results``, ``mlflow.experiment`` and
+    ``mlflow.registered_model_prefix`` = ``mpic-<ns>``.
+    """
+    prof = profile or DEFAULT_NAMESPACE
+    ns = data.get("namespace")
+    runs = data.get("runs_dir")
+    if not ns:
+        if runs:
+            digest = hashlib.sha256(str(runs).encode()).hexdigest()[:8]
+            ns = f"{prof}-{digest}"
+        else:
+            ns = prof
+    data["namespace"] = ns
+    section = data.get("data")
+    cache = section.get("cache_dir") if isinstance(section, dict) else None
+    cache_dir = Path(str(cache)) if cache else (base / DEFAULT_CACHE_DIR).resolve()
+    if not runs:
+        data["runs_dir"] = str(cache_dir / str(ns) / "runs")
+    ray_section = data.setdefault("ray", {})
+    if isinstance(ray_section, dict) and not ray_section.get("storage_path"):
+        ray_section["storage_path"] = str(cache_dir / str(ns) / "ray_results")
+    mlflow_section = data.setdefault("mlflow", {})
+    if isinstance(mlflow_section, dict):
+        for key in ("experiment", "registered_model_prefix"):
+            if not mlflow_section.get(key):
+                mlflow_section[key] = f"mpic-{ns}"
 
 
 def parse_cli_overrides(values: Sequence[str] | None) -> list[str]:

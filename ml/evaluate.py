@@ -1,9 +1,11 @@
 """IRMAS-protocol evaluation of each member and of the fused ensemble on a testing layout.
 
-Excerpts are decoded once per member rate (decode-once cache), cut into windows, scored, aggregated per
-excerpt and thresholded with thresholds fitted on *training* out-of-fold predictions (from the ensemble
-spec), never on the test data. Reports micro/macro F1, per-class P/R/F1, LRAP, mAP, Hamming score and
-label cardinality.
+:func:`evaluate` runs every excerpt through the one analysis pipeline (:func:`ml.service.analyze`, the
+HTTP API's, through an in-process :class:`~ml.service.LocalBackend`): each member as the single-model
+endpoint would (its aggregation and its own thresholds), and the ensemble as the multi-model endpoint
+would (the spec's weights, aggregation and thresholds). Thresholds were fitted on *training* out-of-fold
+predictions by `mpic fuse`, never on the test data. The report names the ensemble and version it
+evaluated and gives micro/macro F1, per-class P/R/F1, LRAP, mAP, Hamming score and label cardinality.
 """
 
 from __future__ import annotations
@@ -18,9 +20,8 @@ from ml import metrics
 from ml.config import Config
 from ml.data.cache import build_store
 from ml.data.irmas import build_manifest
-from ml.ensemble import EnsembleSpec, resolve_spec
-from ml.fusion import aggregate_batch, fuse
-from ml.inference import Predictor, load_member
+from ml.ensemble import EnsembleSpec, load_spec
+from ml.inference import Predictor
 
 
 def test_excerpts(cfg: Config, data_root: Path | None = None) -> tuple[list[Path], np.ndarray]:
@@ -59,37 +60,66 @@ def evaluate(
     spec: EnsembleSpec | None = None,
     device: str = "cpu",
 ) -> dict[str, Any]:
-    """Evaluate members and the fused ensemble; returns a JSON-serialisable report."""
-    spec = spec or resolve_spec(cfg)
+    """Evaluate members and the fused ensemble; returns a JSON-serialisable report.
+
+    Args:
+        cfg: Project configuration.
+        data_root: Folder holding ``IRMAS-TestingData*`` (default: ``data.test_root`` or ``data.root``).
+        members: Members to report (default: the spec's).
+        spec: The ensemble (default: :func:`ml.ensemble.load_spec`, the registered champion).
+        device: Torch device.
+
+    Raises:
+        ValueError: An excerpt could not be analysed (the message names it and why).
+    """
+    from ml.service import (
+        LocalBackend,
+        analyze_sources,
+        fusion_from_spec,
+        multi_model_settings,
+        single_model_settings,
+    )
+
+    spec = spec or load_spec(cfg)
     names = list(members or spec.members)
+    fused_members = [m for m in spec.members if spec.weights.get(m, 0) > 0]
     paths, y = test_excerpts(cfg, data_root)
     labels = cfg.label_codes
-    fixed = [cfg.inference.threshold] * len(labels)
-    member_th: dict[str, list[float]] = spec.details.get("member_thresholds", {})
+    backend = LocalBackend.from_config(
+        cfg, list(dict.fromkeys([*names, *fused_members])), spec=spec, device=device
+    )
+    fusion = fusion_from_spec(cfg, spec, backend.members)
+    sources = [(str(p), p) for p in paths]
+
+    def run(settings: Any) -> tuple[np.ndarray, list[float]]:
+        results = analyze_sources(
+            cfg,
+            backend,
+            sources,
+            weights=settings.weights,
+            thresholds=settings.thresholds,
+            aggregation=settings.aggregation,
+        )
+        bad = [f"{r.file}: {r.error}" for r in results if r.error is not None]
+        if bad:
+            raise ValueError(f"{len(bad)} test excerpt(s) could not be analysed: {bad[:5]}")
+        scores = np.asarray([[r.scores[c] for c in labels] for r in results], dtype=np.float32)
+        return scores, list(settings.thresholds)
+
     reports: dict[str, Any] = {}
-    per_member: dict[str, list[np.ndarray]] = {}
     for m in names:
-        ref = spec.members.get(m)
-        pred = load_member(cfg, m, checkpoints=(ref.checkpoints or None) if ref else None, device=device)
-        per_member[m] = member_window_scores(cfg, pred, paths)
-        scores = aggregate_batch(per_member[m], cfg.members[m].aggregation)
-        reports[m] = metrics.evaluate(y, scores, np.asarray(member_th.get(m, fixed)), labels)
-    fused_members = [m for m in names if spec.weights.get(m, 0) > 0]
+        scores, th = run(single_model_settings(cfg, fusion, m))
+        reports[m] = metrics.evaluate(y, scores, np.asarray(th), labels)
     out: dict[str, Any] = {
         "n_excerpts": len(paths),
         "labels": labels,
         "members": reports,
-        "spec": {
-            "version": spec.version,
-            "source": spec.source,
-            "weights": spec.weights,
-            "aggregation": spec.aggregation,
-        },
+        # which ensemble was evaluated: name, registered name, version, source (as every answer says)
+        "spec": {**fusion.stamp(), "weights": spec.weights, "aggregation": spec.aggregation},
     }
     if fused_members:
-        stacked = np.stack([aggregate_batch(per_member[m], spec.aggregation) for m in fused_members])
-        fused = fuse(stacked, np.array([spec.weights[m] for m in fused_members]))
-        out["ensemble"] = metrics.evaluate(y, fused, np.asarray(spec.thresholds or fixed), labels)
+        scores, th = run(multi_model_settings(cfg, fusion))
+        out["ensemble"] = metrics.evaluate(y, scores, np.asarray(th), labels)
     return out
 
 
@@ -120,4 +150,8 @@ def format_table(report: dict[str, Any]) -> str:
     widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return f"{report['n_excerpts']} excerpts\n" + "\n".join(lines)
+    spec = report.get("spec") or {}
+    name = spec.get("registered_model") or spec.get("name") or "ensemble"
+    version = spec.get("version")
+    which = f"{name} version {version}" if version is not None else f"{name} ({spec.get('source', '?')})"
+    return f"{report['n_excerpts']} excerpts, {which}\n" + "\n".join(lines)

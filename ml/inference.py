@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ml.audio import Audio, AudioError, decode, resample, resample_tensor
+from ml.audio import Audio, resample_tensor
 from ml.checkpoint import MODEL_FILE, CheckpointError, load_classifier
 from ml.fusion import aggregate
 from ml.models import Classifier
@@ -361,7 +361,12 @@ def build_result(
 
 
 class EnsemblePredictor:
-    """In-process fused prediction: decode once, resample per member rate, score, fuse."""
+    """In-process fused prediction over member :class:`Predictor` s.
+
+    :meth:`predict` runs the one analysis pipeline of :func:`ml.service.analyze` (the HTTP API's) through
+    an in-process :class:`~ml.service.LocalBackend`, so `mpic predict`, batch jobs and HTTP give the same
+    results for the same file.
+    """
 
     def __init__(
         self,
@@ -370,10 +375,20 @@ class EnsemblePredictor:
         thresholds: Sequence[float] | np.ndarray,
         aggregation: str,
         *,
-        max_seconds: float | None = 600.0,
-        silence_dbfs: float = -70.0,
+        cfg: Any = None,
+        spec: Any = None,
     ) -> None:
-        """Combine member predictors; they must agree on labels and windowing."""
+        """Combine member predictors; they must agree on labels and windowing.
+
+        Args:
+            predictors: Member name → predictor.
+            weights: Member name → fusion weight.
+            thresholds: Per-class thresholds (label order).
+            aggregation: Window aggregation of the fused file scores.
+            cfg: The :class:`~ml.config.Config` the pipeline runs with (limits, windows); needed by
+                :meth:`predict`.
+            spec: The :class:`~ml.ensemble.EnsembleSpec` these came from (named in every answer).
+        """
         if not predictors:
             raise ValueError("an ensemble needs at least one member")
         first = next(iter(predictors.values()))
@@ -391,8 +406,8 @@ class EnsemblePredictor:
         self.window_s, self.hop_s = first.window_s, first.hop_s
         self.thresholds = np.asarray(thresholds, dtype=np.float32)
         self.aggregation = aggregation
-        self.max_seconds = max_seconds
-        self.silence_dbfs = silence_dbfs
+        self.cfg = cfg
+        self.spec = spec
 
     def warm_up(self, seconds: float = 2.0) -> None:
         """Run every member once on silence so the first real request pays no one-off set-up costs."""
@@ -403,42 +418,18 @@ class EnsemblePredictor:
         self, sources: Sequence[tuple[str, Any]], weights: Mapping[str, float] | None = None
     ) -> list[FileResult]:
         """Predict named sources (path or bytes); a failing file gets an error result, the rest still run."""
-        w = dict(self.weights if weights is None else weights)
-        active = [m for m, v in w.items() if v > 0 and m in self.predictors]
-        decoded: list[tuple[str, Audio | None, str | None]] = []
-        for name, src in sources:
-            try:
-                decoded.append(
-                    (
-                        name,
-                        decode(src, None, max_seconds=self.max_seconds, silence_dbfs=self.silence_dbfs),
-                        None,
-                    )
-                )
-            except AudioError as e:
-                decoded.append((name, None, str(e)))
-        good = [(n, a) for n, a, _ in decoded if a is not None]
-        per_member: dict[str, list[np.ndarray]] = {}
-        for m in active:
-            p = self.predictors[m]
-            waves = [resample(a.wave, a.sample_rate, p.sample_rate) for _, a in good]
-            per_member[m] = p.score_waves(waves)
-        results: list[FileResult] = []
-        gi = 0
-        for name, audio, err in decoded:
-            if audio is None:
-                results.append(FileResult(file=name, error=err))
-                continue
-            mw = {m: per_member[m][gi] for m in active}
-            gi += 1
-            file_scores, windows = fuse_windows(mw, w, self.aggregation)
-            starts = window_starts(audio.duration_s, self.window_s, self.hop_s)
-            results.append(
-                build_result(
-                    name, audio, file_scores, windows, starts, self.labels, self.thresholds, self.window_s
-                )
-            )
-        return results
+        if self.cfg is None:
+            raise ValueError("EnsemblePredictor.predict needs the config it runs with (see load_ensemble)")
+        from ml.service import LocalBackend, analyze_sources
+
+        return analyze_sources(
+            self.cfg,
+            LocalBackend(self.predictors),
+            sources,
+            weights=dict(self.weights if weights is None else weights),
+            thresholds=[float(t) for t in self.thresholds],
+            aggregation=self.aggregation,
+        )
 
 
 def select_checkpoints(paths: Sequence[Path], fold_models: str) -> list[Path]:
@@ -462,19 +453,20 @@ def load_member(
     device: torch.device | str = "cpu",
     allow_untrained: bool = False,
 ) -> Predictor:
-    """Build one member's :class:`Predictor` from its checkpoints (given, or found under ``runs_dir``).
+    """Build one member's :class:`Predictor` from the fold checkpoints an ensemble spec names.
 
     Args:
         cfg: The project :class:`~ml.config.Config`.
         member: Member name from ``cfg.members``.
-        checkpoints: Explicit fold checkpoints; default: ``cfg.runs_dir/<member>/fold*/model.pt``.
+        checkpoints: The fold checkpoints (:func:`ml.ensemble.member_checkpoints`); nothing is looked
+            up in ``runs_dir`` (which may hold a newer, unregistered training).
         device: Torch device for the models.
         allow_untrained: With no checkpoint, build the member from config with random weights (for
             trying the service before training); otherwise raise :class:`CheckpointError`.
     """
     if member not in cfg.members:
         raise KeyError(f"unknown member {member!r}; valid: {sorted(cfg.members)}")
-    paths = [Path(p) for p in checkpoints] if checkpoints else member_dirs(cfg.runs_dir, member)
+    paths = [Path(p) for p in checkpoints] if checkpoints else []
     agg = cfg.members[member].aggregation
     inf = cfg.inference
     if paths:
@@ -487,7 +479,9 @@ def load_member(
             device=device,
         )
     if not allow_untrained:
-        raise CheckpointError(f"member {member!r} has no trained checkpoints under {cfg.runs_dir / member}")
+        raise CheckpointError(
+            f"member {member!r}: the ensemble spec names no checkpoints (pass --untrained for random weights)"
+        )
     from ml.models import build_classifier
 
     # Untrained members are deterministic (repeatable tests and demos) but differ from each other, so
@@ -507,23 +501,36 @@ def load_member(
 
 
 def load_ensemble(
-    cfg: Any, spec: Any = None, *, device: torch.device | str = "cpu", allow_untrained: bool = False
+    cfg: Any,
+    spec: Any = None,
+    *,
+    device: torch.device | str = "cpu",
+    allow_untrained: bool = False,
+    members: Sequence[str] | None = None,
 ) -> EnsemblePredictor:
-    """The in-process ensemble of ``spec`` (default: the newest fused spec, else equal weights)."""
-    from ml.ensemble import resolve_spec
+    """The in-process ensemble of ``spec`` (default: :func:`ml.ensemble.load_spec`, the champion).
 
-    spec = spec or resolve_spec(cfg)
+    ``members`` loads only these (default: the spec's members with a positive weight).
+    """
+    from ml.ensemble import load_spec, member_checkpoints
+
+    spec = spec or load_spec(cfg, allow_untrained=allow_untrained)
+    names = list(members) if members else [m for m in spec.members if spec.weights.get(m, 0.0) > 0]
     predictors = {
         m: load_member(
-            cfg, m, checkpoints=ref.checkpoints or None, device=device, allow_untrained=allow_untrained
+            cfg,
+            m,
+            checkpoints=member_checkpoints(cfg, spec, m) or None,
+            device=device,
+            allow_untrained=allow_untrained,
         )
-        for m, ref in spec.members.items()
+        for m in names
     }
     return EnsemblePredictor(
         predictors,
-        spec.weights,
+        {m: spec.weights.get(m, 0.0) for m in names},
         spec.thresholds or [cfg.inference.threshold] * len(cfg.labels),
         spec.aggregation,
-        max_seconds=cfg.audio.max_seconds,
-        silence_dbfs=cfg.audio.silence_dbfs,
+        cfg=cfg,
+        spec=spec,
     )

@@ -30,7 +30,7 @@ from ml import fusion, metrics
 from ml.config import Config
 from ml.data.manifest import ClipRecord, Manifest
 from ml.evaluate import member_window_scores
-from ml.inference import load_member, pick_device
+from ml.inference import load_member, member_dirs, pick_device
 from ml.oof import load_oof_set
 from ml.train import FitResult, LocalHooks, fit, train_data_from_records
 
@@ -269,7 +269,12 @@ def run_lolo(
         check_no_leak(oof_paths, records, fam, family_of, "thresholds / fusion (OOF predictions)")
         paths = [manifest.abspath(r) for r in split.test]
         y = Manifest(manifest.root, split.test).label_matrix(labels)
-        windows = {m: member_window_scores(hcfg, load_member(hcfg, m, device=device), paths) for m in members}
+        windows = {
+            m: member_window_scores(
+                hcfg, load_member(hcfg, m, checkpoints=member_dirs(hcfg.runs_dir, m), device=device), paths
+            )
+            for m in members
+        }
         rows: dict[str, Any] = {}
         for m in members:
             rows[m] = _report(

@@ -7,8 +7,13 @@ The JSON shape (``results_payload``)::
                   "silent": false, "segments": [{"start_s": a, "end_s": b, "scores": {code: p}}]},
                  {"file": name, "error": "why"}]}
 
+Every answer also names the ensemble that produced it: ``"ensemble": {"name", "registered_model",
+"version", "source"}`` and, for a single-model run, ``"model"`` (added by
+:func:`ml.service.results_document`).
+
 The CSV (``results_to_csv``) has one row per file: ``file, duration_s, instruments`` (codes joined by
-``;``), one score column per label code, and ``error``. The formatters print names as given (the CLI
+``;``), one score column per label code, ``error`` and, given the ensemble stamp, ``ensemble`` (its
+registered name) and ``version``. The formatters print names as given (the CLI
 keeps paths); the HTTP API passes every uploaded name through :func:`sanitize_filename` first.
 """
 
@@ -144,20 +149,33 @@ def _number(value: Any, digits: int) -> str:
     return "" if not math.isfinite(x) else f"{x:.{digits}f}"
 
 
-def results_to_csv(labels: Sequence[str], results: Iterable[ResultLike]) -> str:
+def results_to_csv(
+    labels: Sequence[str], results: Iterable[ResultLike], *, ensemble: Mapping[str, Any] | None = None
+) -> str:
     """One row per file: file, duration_s, instruments (``;``-joined), a score column per label, error.
 
-    A failed file has only ``file`` and ``error`` filled. Text cells that a spreadsheet would run as a
-    formula (leading ``=``, ``+``, ``-``, ``@``) are prefixed with ``'``.
+    With ``ensemble`` (the stamp of :func:`ml.ensemble.stamp`) every row also names the ensemble
+    (registered name, else the ensemble's) and version. A failed file has only ``file`` and ``error``
+    (and the ensemble) filled. Text cells that a spreadsheet would run as a formula (leading ``=``, ``+``,
+    ``-``, ``@``) are prefixed with ``'``.
     """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["file", "duration_s", "instruments", *labels, "error"])
+    tail: list[str] = []
+    if ensemble is not None:
+        version = ensemble.get("version")
+        tail = [
+            _cell(str(ensemble.get("registered_model") or ensemble.get("name") or "")),
+            "" if version is None else str(version),
+        ]
+    writer.writerow(
+        ["file", "duration_s", "instruments", *labels, "error", *(["ensemble", "version"] if tail else [])]
+    )
     for r in results:
         d = result_dict(r, segments=False)
         name = _cell(str(d.get("file", "")))
         if d.get("error") is not None:
-            writer.writerow([name, "", "", *([""] * len(labels)), _cell(str(d["error"]))])
+            writer.writerow([name, "", "", *([""] * len(labels)), _cell(str(d["error"])), *tail])
             continue
         scores = d.get("scores") or {}
         writer.writerow(
@@ -167,6 +185,7 @@ def results_to_csv(labels: Sequence[str], results: Iterable[ResultLike]) -> str:
                 ";".join(d.get("instruments") or []),
                 *(_number(scores.get(c), 4) for c in labels),
                 "",
+                *tail,
             ]
         )
     return buf.getvalue()

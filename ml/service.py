@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ml.audio import Audio, AudioError, decode
 from ml.config import Aggregation, Config
-from ml.ensemble import SPEC_FORMAT, EnsembleSpec, SpecError, resolve_spec
+from ml.ensemble import SPEC_FORMAT, EnsembleSpec, SpecError, load_spec, member_checkpoints
 from ml.inference import FileResult, Predictor, build_result, fuse_windows, window_starts
 
 log = logging.getLogger("mpic.service")
@@ -119,7 +119,7 @@ def load_predictor(
     checkpoints: Sequence[str] | None = None,
     allow_untrained: bool = False,
 ) -> Predictor:
-    """The default member loader: fold checkpoints (given, or the newest under ``runs_dir``).
+    """The default member loader: the fold checkpoints the ensemble spec names.
 
     With ``allow_untrained`` a member without checkpoints gets deterministic random weights.
     """
@@ -164,8 +164,11 @@ class LocalBackend:
         device: torch.device | str = "cpu",
         loader: Loader | None = None,
     ) -> LocalBackend:
-        """Load ``members`` (default: the spec's members with a positive weight) in this process."""
-        spec = spec or resolve_spec(cfg)
+        """Load ``members`` (default: the spec's members with a positive weight) in this process.
+
+        ``spec`` defaults to :func:`ml.ensemble.load_spec` (the registered champion).
+        """
+        spec = spec or load_spec(cfg, allow_untrained=allow_untrained)
         names = list(members) if members else [m for m, w in spec.weights.items() if w > 0]
         dev = torch.device(device)
         predictors = {}
@@ -173,10 +176,8 @@ class LocalBackend:
             if loader is not None:
                 p = loader(cfg, m, dev)
             else:
-                ref = spec.members.get(m)
-                p = load_predictor(
-                    cfg, m, dev, checkpoints=ref.checkpoints if ref else None, allow_untrained=allow_untrained
-                )
+                ckpts = member_checkpoints(cfg, spec, m) if m in spec.members else None
+                p = load_predictor(cfg, m, dev, checkpoints=ckpts, allow_untrained=allow_untrained)
             check_predictor(cfg, m, p)
             predictors[m] = p
         return cls(predictors)
@@ -256,6 +257,18 @@ class Fusion:
     ensemble: str = ""
     version: int | None = None
     source: str = "default"
+    registered_model: str | None = None
+    # per member: its own thresholds, fitted by `mpic fuse` on its out-of-fold predictions alone
+    member_thresholds: dict[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def stamp(self) -> dict[str, Any]:
+        """What an answer says about the ensemble that produced it (see :func:`ml.ensemble.stamp`)."""
+        return {
+            "name": self.ensemble,
+            "registered_model": self.registered_model,
+            "version": self.version if self.registered_model else None,
+            "source": self.source,
+        }
 
 
 class FusionBox:
@@ -358,6 +371,10 @@ def fusion_from_spec(
     if not any(w > 0 for w in weights.values()):
         raise WeightsError(f"the spec gives none of the served members {list(served)} a positive weight")
     thresholds = spec.thresholds or [cfg.inference.threshold] * len(cfg.labels)
+    member_th: dict[str, tuple[float, ...]] = {}
+    for m, th in (spec.details.get("member_thresholds") or {}).items():
+        if m in served and len(th) == len(cfg.labels):
+            member_th[m] = _check_thresholds(th)
     return Fusion(
         weights=weights,
         thresholds=_check_thresholds(thresholds),
@@ -365,6 +382,8 @@ def fusion_from_spec(
         ensemble=spec.ensemble,
         version=spec.version,
         source=spec.source,
+        registered_model=spec.registered_model,
+        member_thresholds=member_th,
     )
 
 
@@ -424,6 +443,8 @@ def apply_fusion_update(
         ensemble=fusion.ensemble,
         version=fusion.version,
         source=source,
+        registered_model=fusion.registered_model,
+        member_thresholds=fusion.member_thresholds,
     )
 
 
@@ -568,3 +589,126 @@ async def analyze(
             )
         )
     return results
+
+
+# ---- what a request runs with, and the answer it gets (HTTP, CLI, evaluation, batch jobs) ----------------
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The weights, thresholds and aggregation one analysis runs with, and which endpoint semantics."""
+
+    weights: dict[str, float]
+    thresholds: tuple[float, ...]
+    aggregation: str
+    model: str | None = None  # the member of a single-model run
+
+
+def single_model_settings(
+    cfg: Config, fusion: Fusion, member: str, *, threshold: float | None = None
+) -> RunSettings:
+    """One member alone: its aggregation and its own fitted per-class thresholds.
+
+    Thresholds: ``threshold`` for every class if given; else the member's thresholds fitted by `mpic fuse`
+    on its out-of-fold predictions (``details.member_thresholds`` of the spec); else the config's fixed
+    ``inference.threshold`` (before any fusion).
+    """
+    if threshold is not None:
+        th: tuple[float, ...] = _check_thresholds([threshold] * len(cfg.labels))
+    else:
+        th = fusion.member_thresholds.get(member) or (float(cfg.inference.threshold),) * len(cfg.labels)
+    return RunSettings({member: 1.0}, th, cfg.members[member].aggregation, model=member)
+
+
+def multi_model_settings(
+    cfg: Config,
+    fusion: Fusion,
+    *,
+    weights: Mapping[str, float] | None = None,
+    threshold: float | None = None,
+) -> RunSettings:
+    """The fused ensemble: the spec's weights (or ``weights``), its thresholds (or one ``threshold``)."""
+    w = dict(fusion.weights if weights is None else weights)
+    th = (
+        _check_thresholds([threshold] * len(cfg.labels))
+        if threshold is not None
+        else tuple(fusion.thresholds)
+    )
+    return RunSettings(w, th, fusion.aggregation)
+
+
+def results_document(
+    cfg: Config,
+    fusion: Fusion,
+    settings: RunSettings,
+    results: Sequence[FileResult],
+    *,
+    segments: bool = True,
+) -> dict[str, Any]:
+    """The JSON answer of an analysis, the same for HTTP, `mpic predict` and batch jobs.
+
+    Names the ensemble and version (``ensemble``), the member for a single-model run (``model``), the
+    normalised weights of the members called, the thresholds and the aggregation (see
+    :func:`ml.results.results_payload`).
+    """
+    from ml.results import results_payload
+
+    used = {m: w for m, w in settings.weights.items() if w > 0}
+    total = sum(used.values())
+    return results_payload(
+        cfg.label_codes,
+        {m: w / total for m, w in used.items()},
+        list(settings.thresholds),
+        results,
+        segments=segments,
+        aggregation=settings.aggregation,
+        ensemble=fusion.stamp(),
+        model=settings.model,
+    )
+
+
+def _read_source(name: str, src: Any) -> tuple[bytes | None, str | None]:
+    if isinstance(src, bytes | bytearray | memoryview):
+        return bytes(src), None
+    try:
+        return Path(src).read_bytes(), None
+    except OSError as e:
+        return None, f"unreadable: {e.strerror or type(e).__name__}"
+
+
+def analyze_sources(
+    cfg: Config,
+    backend: Backend,
+    sources: Sequence[tuple[str, Any]],
+    *,
+    weights: Mapping[str, float],
+    thresholds: Sequence[float],
+    aggregation: str,
+    chunk: int = 16,
+) -> list[FileResult]:
+    """:func:`analyze` for callers without an event loop (CLI, evaluation, batch jobs).
+
+    ``sources`` are ``(name, path or bytes)``; a file that cannot be read gets an error result like an
+    undecodable upload. Files go through :func:`analyze` ``chunk`` at a time (bounded memory).
+    """
+    results: list[FileResult | None] = [None] * len(sources)
+    for a in range(0, len(sources), chunk):
+        part = list(enumerate(sources))[a : a + chunk]
+        uploads: list[tuple[str, bytes]] = []
+        where: list[int] = []
+        for i, (name, src) in part:
+            data, err = _read_source(name, src)
+            if data is None:
+                results[i] = FileResult(file=name, error=err)
+            else:
+                uploads.append((name, data))
+                where.append(i)
+        if uploads:
+            out = asyncio.run(
+                analyze(
+                    cfg, backend, uploads, weights=weights, thresholds=thresholds, aggregation=aggregation
+                )
+            )
+            for i, r in zip(where, out, strict=True):
+                results[i] = r
+    return [r for r in results if r is not None]

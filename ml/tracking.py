@@ -62,6 +62,7 @@ TAG_FOLD = "mpic.fold"
 TAG_FOLD_KEY = "mpic.fold_key"
 TAG_MODEL_SHA = "mpic.model_sha256"
 TAG_FOLD_RUNS = "mpic.fold_runs"
+TAG_FOLD_SHAS = "mpic.fold_sha256s"
 TAG_SCORE = "mpic.score"
 TAG_SPEC_SHA = "mpic.spec_sha256"
 TAG_HOST = "mpic.host"
@@ -245,13 +246,21 @@ def file_sha256(path: str | Path) -> str:
 
 
 def registered_model_name(cfg: Config, member: str) -> str:
-    """The registered model of a member: ``{prefix}-{member}``."""
+    """The registered model of a member: ``{prefix}-{member}``.
+
+    The prefix defaults to ``mpic-<namespace>`` (the profile), so profiles never share versions.
+    """
     return f"{cfg.mlflow.registered_model_prefix}-{member}"
 
 
 def spec_model_name(cfg: Config) -> str:
-    """The registered model holding the selected ensemble's fused specs."""
+    """The registered model holding the selected ensemble's fused specs: ``{prefix}-ensemble-{ensemble}``."""
     return f"{cfg.mlflow.registered_model_prefix}-ensemble-{cfg.ensemble}"
+
+
+def fold_shas_tag(shas: Mapping[int, str]) -> str:
+    """The ``mpic.fold_sha256s`` tag value of a member version: ``fold:sha256`` pairs, sorted by fold."""
+    return ",".join(f"{k}:{shas[k]}" for k in sorted(shas))
 
 
 # ---- generic run helpers (also used by the fusion job) ----------------------------------------------
@@ -720,10 +729,13 @@ def register_member(
     """
     name = registered_model_name(cfg, member)
     fold_runs = ",".join(f"{k}:{folds[k][0]}" for k in sorted(folds))
+    fold_shas = fold_shas_tag({k: file_sha256(folds[k][1]) for k in folds})
     scores = [float(v[2]["val_macro_f1"]) for v in folds.values() if "val_macro_f1" in v[2]]
     score = sum(scores) / len(scores) if len(scores) == len(folds) and scores else None
     for mv in _versions(cfg, name):
         if mv.tags.get(TAG_FOLD_RUNS) == fold_runs:
+            if TAG_FOLD_SHAS not in mv.tags:  # registered before the tag existed
+                client(cfg).set_model_version_tag(name, str(mv.version), TAG_FOLD_SHAS, fold_shas)
             champ = promote(cfg, name, str(mv.version), _score_of(mv))
             return Registration(name, str(mv.version), str(mv.run_id), _score_of(mv), champ, False)
     for run in _search(cfg, {TAG_KIND: KIND_MEMBER, TAG_MEMBER: member, TAG_FOLD_RUNS: fold_runs}):
@@ -774,6 +786,7 @@ def register_member(
             {
                 TAG_MEMBER: member,
                 TAG_FOLD_RUNS: fold_runs,
+                TAG_FOLD_SHAS: fold_shas,
                 **({TAG_JOB_KEY: job_key} if job_key else {}),
                 **{k: repr(v) for k, v in mean.items()},
             },
@@ -786,6 +799,29 @@ def register_member(
     end_run(cfg, run_id, "FINISHED")
     champ = promote(cfg, name, version, score)
     return Registration(name, version, run_id, score, champ, True)
+
+
+def find_member_version(cfg: Config, member: str, shas: Mapping[int, str]) -> Any | None:
+    """The registered version of ``member`` holding exactly these fold checkpoints (fold → sha256), or None.
+
+    Used by the fusion job to name, in the ensemble spec, the member versions its out-of-fold
+    predictions came from (which need not be the member's champion).
+    """
+    want = fold_shas_tag(shas)
+    name = registered_model_name(cfg, member)
+    for mv in sorted(_versions(cfg, name), key=lambda v: -int(v.version)):
+        tag = mv.tags.get(TAG_FOLD_SHAS)
+        if tag is None:  # older version: compare through its fold runs
+            try:
+                runs = dict(p.split(":", 1) for p in mv.tags.get(TAG_FOLD_RUNS, "").split(",") if p)
+                tag = fold_shas_tag(
+                    {int(k): client(cfg).get_run(r).data.tags.get(TAG_MODEL_SHA, "") for k, r in runs.items()}
+                )
+            except (MlflowException, ValueError):
+                continue
+        if tag == want:
+            return mv
+    return None
 
 
 @contextlib.contextmanager
@@ -830,7 +866,11 @@ def _download_version(cfg: Config, name: str, mv: Any, artifact: str) -> Path:
     dest = cfg.data.cache_dir / "registry" / name / f"v{mv.version}"
     done = dest / ".complete"
     if done.is_file():
-        return dest / artifact
+        try:  # the same name and version in another MLflow store is another model: compare the run
+            if json.loads(done.read_text()).get("run_id") == mv.run_id:
+                return dest / artifact
+        except (OSError, json.JSONDecodeError):
+            pass
     tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -842,13 +882,16 @@ def _download_version(cfg: Config, name: str, mv: Any, artifact: str) -> Path:
     return dest / artifact
 
 
-def download_member(cfg: Config, member: str, alias_or_version: str | int | None = None) -> list[Path]:
+def download_member(
+    cfg: Config, member: str, alias_or_version: str | int | None = None, *, name: str | None = None
+) -> list[Path]:
     """Local fold checkpoint paths of a registered member version (alias, e.g. ``champion``, or number).
 
     Args:
         cfg: Project configuration (registry location, cache folder).
         member: Member name.
         alias_or_version: An alias or a version number; default: ``cfg.mlflow.alias``.
+        name: The registered model (default: :func:`registered_model_name` of ``member``).
 
     Returns:
         ``model.pt`` paths sorted by fold, under ``cfg.data.cache_dir/registry/``.
@@ -856,7 +899,7 @@ def download_member(cfg: Config, member: str, alias_or_version: str | int | None
     Raises:
         LookupError: If the member, version or alias is not registered.
     """
-    name = registered_model_name(cfg, member)
+    name = name or registered_model_name(cfg, member)
     mv = _resolve_version(cfg, name, alias_or_version)
     root = _download_version(cfg, name, mv, MODEL_ARTIFACT)
     paths = list((root / "artifacts").glob("fold*/model.pt"))
@@ -877,25 +920,33 @@ def load_member_pyfunc(cfg: Config, member: str, alias_or_version: str | int | N
 
 def register_spec(
     cfg: Config,
-    spec_path: str | Path,
+    spec: Any,
     metrics: Mapping[str, float],
     *,
     run_id: str | None = None,
     parent_run_id: str | None = None,
 ) -> Registration:
-    """Register a fused ensemble spec (JSON) as a version of ``{prefix}-ensemble-{ensemble}``.
+    """Register a fused ensemble spec as a version of ``{prefix}-ensemble-{ensemble}``.
 
-    The spec is logged as ``spec/spec.json`` of ``run_id`` (default: a new ``ensemble_spec`` run, nested
-    under ``parent_run_id``) and ``metrics`` on that run. The score used by the champion rule is
-    ``metrics[cfg.fusion.objective]`` (else ``metrics["value"]``). The same spec content registered twice
-    returns the existing version.
+    Args:
+        cfg: Project configuration (registry, namespace).
+        spec: An :class:`~ml.ensemble.EnsembleSpec` or the path of its JSON file.
+        metrics: Logged on the run; ``metrics[cfg.fusion.objective]`` (else ``metrics["value"]``, else
+            the spec's value) is the score the champion rule compares.
+        run_id: Log the spec (``spec/spec.json``) on this run; default: a new ``ensemble_spec`` run nested
+            under ``parent_run_id``.
+        parent_run_id: See ``run_id``.
+
+    Returns:
+        The registration. The same spec content registered twice returns the existing version.
     """
     from ml.ensemble import EnsembleSpec
 
-    text = Path(spec_path).read_text()
-    spec = EnsembleSpec.from_json(text)  # validates
+    if not isinstance(spec, EnsembleSpec):
+        spec = EnsembleSpec.from_json(Path(spec).read_text())  # validates
+    text = spec.to_json()
     body = json.loads(text)
-    for volatile in ("created", "version"):
+    for volatile in ("created", "version", "registered_model"):
         body.pop(volatile, None)
     sha = fingerprint(body, 64)
     name = spec_model_name(cfg)
@@ -919,9 +970,15 @@ def register_spec(
             (Path(tmp) / SPEC_FILE).write_text(text)
             client(cfg).log_artifact(rid, str(Path(tmp) / SPEC_FILE), SPEC_ARTIFACT)
         log_metrics(cfg, rid, {k: float(v) for k, v in metrics.items()})
-        version = _register(
-            cfg, name, rid, SPEC_ARTIFACT, {TAG_SPEC_SHA: sha, "mpic.ensemble": cfg.ensemble}, score
-        )
+        members = {
+            m: f"{ref.registered_model}:{ref.version}"
+            for m, ref in spec.members.items()
+            if ref.registered_model and ref.version
+        }
+        tags = {TAG_SPEC_SHA: sha, "mpic.ensemble": cfg.ensemble, "mpic.namespace": cfg.namespace}
+        if members:
+            tags["mpic.members"] = json.dumps(members, sort_keys=True)[:_MAX_PARAM_LEN]
+        version = _register(cfg, name, rid, SPEC_ARTIFACT, tags, score)
     except BaseException:
         if own:
             end_run(cfg, rid, "FAILED")
@@ -933,11 +990,14 @@ def register_spec(
 
 
 def load_registered_spec(cfg: Config, version: str | int | None = None) -> Any:
-    """The registered ensemble spec: ``version`` (number or alias), else the champion, else the newest.
+    """The registered ensemble spec: ``version`` (a number or an alias), else the alias ``cfg.mlflow.alias``.
+
+    The returned spec's ``version`` is the registry version and ``registered_model`` the registered name
+    (what every answer produced with it names).
 
     Returns:
-        An :class:`~ml.ensemble.EnsembleSpec` checked against ``cfg``'s labels, or None when no spec is
-        registered and no version was asked for.
+        An :class:`~ml.ensemble.EnsembleSpec` checked against ``cfg``'s labels, or None when no version
+        holds the default alias (nothing registered yet) and no version was asked for.
 
     Raises:
         LookupError: If an explicit version or alias does not exist.
@@ -950,11 +1010,10 @@ def load_registered_spec(cfg: Config, version: str | int | None = None) -> Any:
     else:
         mv = champion_version(cfg, name)
         if mv is None:
-            versions = _versions(cfg, name)
-            if not versions:
-                return None
-            mv = max(versions, key=lambda v: int(v.version))
+            return None
     folder = _download_version(cfg, name, mv, SPEC_ARTIFACT)
     spec = EnsembleSpec.from_json((folder / SPEC_FILE).read_text())
     spec.check_against(cfg)
+    spec.version = int(mv.version)
+    spec.registered_model = name
     return spec

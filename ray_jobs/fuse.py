@@ -5,25 +5,33 @@ Each Tune trial scores one candidate (a weight per member — 0 drops it — and
 members' out-of-fold predictions, which are put in the object store once and passed by reference. The
 per-class thresholds of a candidate are fitted on the same out-of-fold *training* predictions. Two
 deterministic baselines (equal weights; coordinate search) run beside it. Every trial is logged to MLflow
-under one parent run; the chosen spec is saved as the next version and registered in MLflow.
+under one parent run; the chosen spec — naming the registered member versions whose out-of-fold
+predictions it was fitted on, the fused and each member's own per-class thresholds — is registered as the
+next version of ``mpic-<namespace>-ensemble-<ensemble>`` (the champion rule decides whether the alias
+moves) and copied to ``runs_dir/ensembles/<ensemble>/spec-v<version>.json``. Everything stays in the
+config's namespace (profile).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ray import tune
 
-from ml import fusion
+from ml import fusion, tracking
 from ml import oof as oofmod
 from ml.config import Config
 from ml.ensemble import EnsembleSpec, MemberRef, save_spec
 from ml.inference import member_dirs
 from ray_jobs.common import add_config_args, init_ray, parse
+
+log = logging.getLogger(__name__)
 
 WEIGHT_STEP = 0.05  # weights are drawn on a 0.05 grid so that exactly 0 (drop the member) is reachable
 
@@ -144,6 +152,9 @@ def fuse(cfg: Config, *, members: Sequence[str] | None = None, register: bool = 
     }
     if register and cfg.mlflow.enabled:
         _attach_registry_versions(cfg, refs)
+        spec_name = tracking.spec_model_name(cfg)
+    else:
+        spec_name = None
     spec = EnsembleSpec(
         ensemble=cfg.ensemble,
         labels=cfg.label_codes,
@@ -164,7 +175,13 @@ def fuse(cfg: Config, *, members: Sequence[str] | None = None, register: bool = 
             "search_seconds": round(time.perf_counter() - t0, 2),
         },
     )
-    path = save_spec(cfg, spec)
+    mlflow_info: dict[str, Any] | None = None
+    if spec_name is not None:
+        mlflow_info = _log_mlflow(cfg, spec, trials, baselines)
+        spec.registered_model = spec_name
+        path = save_spec(cfg, spec, int(mlflow_info["version"]))
+    else:
+        path = save_spec(cfg, spec)
     out: dict[str, Any] = {
         "spec_path": str(path),
         "version": spec.version,
@@ -178,34 +195,34 @@ def fuse(cfg: Config, *, members: Sequence[str] | None = None, register: bool = 
         "n_trials": len(trials),
         "oof": spec.details["oof"],
     }
-    if register and cfg.mlflow.enabled:
-        out["mlflow"] = _log_mlflow(cfg, spec, path, trials, baselines)
+    if mlflow_info is not None:
+        out["mlflow"] = mlflow_info
+        out["registered_model"] = spec_name
+        out["champion"] = mlflow_info["champion"]
     return out
 
 
 def _attach_registry_versions(cfg: Config, refs: dict[str, MemberRef]) -> None:
-    """Record which registered model version (the alias's) each member's checkpoints correspond to."""
-    from ml import tracking
+    """Name the registered member version holding exactly the fold checkpoints the OOF predictions came from.
 
+    That version need not be the member's champion (the champion rule may have kept an older one), so it
+    is found by the checkpoints' sha256. A member whose checkpoints are not registered keeps only its
+    checkpoint paths.
+    """
     for m, ref in refs.items():
-        name = tracking.registered_model_name(cfg, m)
-        try:
-            mv = tracking.champion_version(cfg, name)
-        except Exception:
-            mv = None
+        shas = {int(Path(p).parent.name[len("fold") :]): tracking.file_sha256(p) for p in ref.checkpoints}
+        mv = tracking.find_member_version(cfg, m, shas) if shas else None
         if mv is not None:
-            ref.registered_model, ref.version = name, str(mv.version)
+            ref.registered_model, ref.version = tracking.registered_model_name(cfg, m), str(mv.version)
+        else:
+            log.warning("member %r: no registered version holds the checkpoints in %s", m, cfg.runs_dir)
 
 
 def _log_mlflow(
-    cfg: Config, spec: EnsembleSpec, path: Any, trials: list[dict[str, Any]], baselines: dict[str, Any]
+    cfg: Config, spec: EnsembleSpec, trials: list[dict[str, Any]], baselines: dict[str, Any]
 ) -> dict[str, Any]:
     """A parent run for the search, one nested run per trial, the spec registered as a versioned artifact."""
-    from ml import tracking
-
-    parent = tracking.start_run(
-        cfg, kind="fuse_job", name=f"fuse-{cfg.ensemble}-v{spec.version}", reuse=False
-    )
+    parent = tracking.start_run(cfg, kind="fuse_job", name=f"fuse-{cfg.ensemble}", reuse=False)
     try:
         tracking.log_params(
             cfg,
@@ -238,7 +255,7 @@ def _log_mlflow(
             },
         )
         reg = tracking.register_spec(
-            cfg, path, {spec.objective: float(spec.value or 0.0)}, parent_run_id=parent
+            cfg, spec, {spec.objective: float(spec.value or 0.0)}, parent_run_id=parent
         )
     except BaseException:
         tracking.end_run(cfg, parent, "FAILED")
@@ -263,6 +280,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"(tune {result['tune_best']:.4f}, coordinate {result['baselines']['coordinate']['objective']:.4f}); "
         f"weights {result['weights']} aggregation {result['aggregation']} → {result['spec_path']}"
     )
+    if "registered_model" in result:
+        print(
+            f"registered {result['registered_model']} version {result['version']}"
+            f"{' (champion)' if result['champion'] else ' (the champion rule kept the current champion)'}"
+        )
     return 0 if math.isfinite(best) else 1
 
 

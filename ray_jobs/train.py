@@ -20,6 +20,10 @@ How it works:
   restarts a failed worker group from its last epoch checkpoint; the Train run name is derived from the
   (member, fold, config fingerprint), so a re-submitted job also resumes an unfinished fold from its last
   epoch (Train V2 restores a run of the same name and storage path).
+* A (member, fold) whose final files in ``runs_dir`` were trained with *another* configuration is never
+  silently replaced: the job refuses (:class:`RunsDirConflictError`, naming ``--overwrite``) before it
+  trains anything. ``runs_dir`` is the profile's own (``<cache_dir>/<profile>/runs``), so another profile
+  never collides.
 * A (member, fold) whose final files exist in ``runs_dir`` (matching the config fingerprint and checkpoint
   hash) and whose MLflow run is FINISHED is skipped; if only the MLflow run is missing (a job killed between
   copying and logging) it is logged from the files without retraining.
@@ -73,6 +77,10 @@ class TrainJobError(RuntimeError):
     def __init__(self, message: str, summary: dict[str, Any]) -> None:
         super().__init__(message)
         self.summary = summary
+
+
+class RunsDirConflictError(RuntimeError):
+    """``runs_dir`` holds finished folds trained with another configuration; the message says what to do."""
 
 
 class InjectedFailure(RuntimeError):
@@ -201,6 +209,20 @@ def finished_fold(cfg: Config, member: str, fold: int, fold_key: str) -> dict[st
     if info.get("fold_key") != fold_key or info.get("model_sha256") != tracking.file_sha256(d / MODEL_FILE):
         return None
     return dict(info)
+
+
+def conflicting_folds(cfg: Config, todo: Sequence[tuple[str, int]], fold_keys: dict[str, str]) -> list[str]:
+    """Folds in ``todo`` whose ``runs_dir`` folder holds a finished run of another configuration."""
+    out = []
+    for m, f in todo:
+        d = fold_dir(cfg, m, f)
+        try:
+            info = json.loads((d / RESULT_FILE).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if (d / MODEL_FILE).is_file() and info.get("fold_key") not in (None, fold_keys[m]):
+            out.append(f"{m}/fold{f}")
+    return out
 
 
 # ---- worker side ---------------------------------------------------------------------------------------
@@ -591,13 +613,21 @@ def _member_summary(outs: Sequence[FoldOutcome]) -> dict[str, Any]:
     return s
 
 
-def train(cfg: Config, *, members: list[str] | None = None, folds: list[int] | None = None) -> dict[str, Any]:
+def train(
+    cfg: Config,
+    *,
+    members: list[str] | None = None,
+    folds: list[int] | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Train (member × fold) of the selected ensemble on Ray, log to MLflow, register, and summarise.
 
     Args:
         cfg: Project configuration.
         members: Members to train (default: ``cfg.ensemble_members``).
         folds: Folds to train (default: ``cfg.train.folds`` or all ``cfg.folds.k``).
+        overwrite: Replace finished folds in ``runs_dir`` that were trained with another configuration
+            (their checkpoints stay in MLflow); without it such a job refuses to start.
 
     Returns:
         ``{"job_key", "members": {member: {val_micro_f1, val_macro_f1, …, samples_per_s, data_share,
@@ -606,6 +636,8 @@ def train(cfg: Config, *, members: list[str] | None = None, folds: list[int] | N
 
     Raises:
         TrainJobError: If some trials failed (after everything else was logged); carries the summary.
+        RunsDirConflictError: ``runs_dir`` holds finished folds of another configuration and not
+            ``overwrite``.
     """
     import ray
     from ray import tune
@@ -615,6 +647,14 @@ def train(cfg: Config, *, members: list[str] | None = None, folds: list[int] | N
     t_start = time.perf_counter()
     names, fold_list = select(cfg, members, folds)
     fold_keys = {m: tracking.member_fingerprint(cfg, m) for m in names}
+    clash = conflicting_folds(cfg, [(m, f) for m in names for f in fold_list], fold_keys)
+    if clash and not overwrite:
+        raise RunsDirConflictError(
+            f"{cfg.runs_dir} holds finished runs trained with another configuration: {', '.join(clash)}. "
+            "Refusing to overwrite them: pass --overwrite to replace them (their checkpoints stay in "
+            "MLflow), or train into another namespace (--profile NAME, --set namespace=NAME or "
+            "--set runs_dir=PATH)"
+        )
     key = job_key(cfg, names, fold_list)
     fault = FaultInjection.from_env(cfg)
     started = common.init_ray(cfg)
@@ -843,11 +883,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--members", nargs="+", help="members to train (default: the selected ensemble's)")
     parser.add_argument("--folds", nargs="+", type=int, help="folds to train (default: train.folds or all)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace finished folds trained with another configuration"
+    )
     args, cfg = common.parse(parser, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        summary = train(cfg, members=args.members, folds=args.folds)
-    except TrainJobError as e:
+        summary = train(cfg, members=args.members, folds=args.folds, overwrite=args.overwrite)
+    except (TrainJobError, RunsDirConflictError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.json:

@@ -41,18 +41,23 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ml.config import Config
-from ml.ensemble import EnsembleSpec, resolve_spec
+from ml.ensemble import EnsembleSpec, default_spec, load_spec
 from ml.inference import Predictor
-from ml.results import RESULTS_BASENAME, payload_to_json, results_payload, results_to_csv, sanitize_filename
+from ml.results import RESULTS_BASENAME, payload_to_json, results_to_csv, sanitize_filename
 from ml.service import (
     Backend,
+    Fusion,
     FusionBox,
     LocalBackend,
+    RunSettings,
     ScoringError,
     WeightsError,
     analyze,
     fusion_from_spec,
+    multi_model_settings,
     parse_weights,
+    results_document,
+    single_model_settings,
 )
 
 log = logging.getLogger("mpic.serve")
@@ -96,6 +101,17 @@ class FileFailure(BaseModel):
     error: str = Field(description="'<code>: <reason>', e.g. 'undecodable: not a readable audio file'")
 
 
+class EnsembleOut(BaseModel):
+    """The ensemble that produced an answer."""
+
+    name: str = Field(description="the ensemble (config `ensembles`)")
+    registered_model: str | None = Field(
+        description="its registered model in the MLflow Model Registry (null: not registered)"
+    )
+    version: int | None = Field(description="the registered version (null: not registered)")
+    source: str = Field(description="how the spec was made: tune, coordinate, equal, untrained, …")
+
+
 class AnalyzeResponse(BaseModel):
     """Results of one analysis request (also the body of the ``format=json`` download)."""
 
@@ -103,6 +119,8 @@ class AnalyzeResponse(BaseModel):
     weights: dict[str, float] = Field(description="normalised weights of the members that were called")
     thresholds: dict[str, float]
     aggregation: str
+    ensemble: EnsembleOut
+    model: str | None = Field(description="the member of a single-model request (null: fused)")
     results: list[FileAnalysis | FileFailure]
 
 
@@ -129,6 +147,7 @@ class SpecOut(BaseModel):
     """Where the fusion settings come from."""
 
     ensemble: str
+    registered_model: str | None
     version: int | None
     source: str
 
@@ -284,14 +303,16 @@ def create_api(
     Args:
         cfg: The project configuration (limits, labels, members, API key, CORS).
         backend: Scores windows; its ``members`` are the served members.
-        spec: Fusion spec (default: :func:`ml.ensemble.resolve_spec`); ignored when ``fusion`` is given.
+        spec: Fusion spec, loaded by the caller with :func:`ml.ensemble.load_spec` (default: the
+            unregistered equal-weights spec, which answers name as ``version: null``); ignored when
+            ``fusion`` is given.
         fusion: A shared :class:`FusionBox` the caller may swap later (the Serve ingress does).
         static_dir: Web page folder (default ``serve/static``): ``GET /`` serves its ``index.html``.
     """
     if not backend.members:
         raise ValueError("the backend serves no members")
     if fusion is None:
-        fusion = FusionBox(fusion_from_spec(cfg, spec or resolve_spec(cfg), backend.members))
+        fusion = FusionBox(fusion_from_spec(cfg, spec or default_spec(cfg), backend.members))
     api_key = cfg.serve.api_key or os.environ.get(API_KEY_ENV) or None
     state = ApiState(
         cfg=cfg,
@@ -349,16 +370,17 @@ def create_api(
         return out
 
     async def run(
-        uploads: list[tuple[str, bytes]],
-        weights: dict[str, float],
-        thresholds: Sequence[float],
-        aggregation: str,
-        fmt: Format | None,
+        uploads: list[tuple[str, bytes]], settings: RunSettings, fu: Fusion, fmt: Format | None
     ) -> Response:
         try:
             results = await asyncio.wait_for(
                 analyze(
-                    cfg, backend, uploads, weights=weights, thresholds=thresholds, aggregation=aggregation
+                    cfg,
+                    backend,
+                    uploads,
+                    weights=settings.weights,
+                    thresholds=settings.thresholds,
+                    aggregation=settings.aggregation,
                 ),
                 timeout=limits.request_timeout_s,
             )
@@ -373,20 +395,12 @@ def create_api(
                 str(e),
                 headers={"Retry-After": str(max(0, math.ceil(retry)))},
             ) from None
-        used = {m: w for m, w in weights.items() if w > 0}
-        total = sum(used.values())
-        payload = results_payload(
-            cfg.label_codes,
-            {m: w / total for m, w in used.items()},
-            list(thresholds),
-            results,
-            aggregation=aggregation,
-        )
+        payload = results_document(cfg, fu, settings, results)
         if fmt is None:
             return JSONResponse(payload)
         if fmt == "csv":
             return Response(
-                results_to_csv(cfg.label_codes, payload["results"]),
+                results_to_csv(cfg.label_codes, payload["results"], ensemble=payload["ensemble"]),
                 media_type="text/csv; charset=utf-8",
                 headers={"Content-Disposition": f"attachment; filename={RESULTS_BASENAME}.csv"},
             )
@@ -403,8 +417,8 @@ def create_api(
         dependencies=protected,
         max_body_size=body_limit,
         summary="Analyse files with one ensemble member",
-        description="Thresholds: `threshold` if given, else the config's `inference.threshold` (the fitted "
-        "per-class thresholds belong to the fused ensemble).",
+        description="Thresholds: `threshold` if given, else the member's own per-class thresholds fitted by "
+        "`mpic fuse` on its out-of-fold predictions (the config's `inference.threshold` before any fusion).",
     )
     async def analyze_single(
         files: FilesParam,
@@ -425,10 +439,9 @@ def create_api(
                 f"unknown model {name!r}; valid models: {', '.join(backend.members)}",
             )
         uploads = await read_uploads(files)
-        thr = [threshold if threshold is not None else cfg.inference.threshold] * len(cfg.labels)
-        return await run(
-            uploads, {name: 1.0}, thr, cfg.members[name].aggregation, format_query or format_form
-        )
+        fu = state.fusion.current
+        settings = single_model_settings(cfg, fu, name, threshold=threshold)
+        return await run(uploads, settings, fu, format_query or format_form)
 
     @app.post(
         "/analyze_files/multi_model",
@@ -462,8 +475,8 @@ def create_api(
         else:
             w = dict(fu.weights)
         uploads = await read_uploads(files)
-        thr = [threshold] * len(cfg.labels) if threshold is not None else list(fu.thresholds)
-        return await run(uploads, w, thr, fu.aggregation, format_query or format_form)
+        settings = multi_model_settings(cfg, fu, weights=w, threshold=threshold)
+        return await run(uploads, settings, fu, format_query or format_form)
 
     @app.get(
         "/models",
@@ -492,7 +505,12 @@ def create_api(
             thresholds=dict(zip(cfg.label_codes, fu.thresholds, strict=True)),
             aggregation=fu.aggregation,
             labels=[LabelOut(code=lab.code, name=lab.name) for lab in cfg.labels],
-            spec=SpecOut(ensemble=fu.ensemble, version=fu.version, source=fu.source),
+            spec=SpecOut(
+                ensemble=fu.ensemble,
+                registered_model=fu.registered_model,
+                version=fu.stamp()["version"],
+                source=fu.source,
+            ),
             limits=LimitsOut(
                 max_upload_bytes=limits.max_upload_bytes,
                 max_files=limits.max_files,
@@ -569,11 +587,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument(
         "--allow-untrained", action="store_true", help="random weights for members without checkpoints"
     )
+    ap.add_argument("--version", help="registered ensemble version or alias (default: mlflow.alias)")
     args = ap.parse_args(argv)
     cfg = load_config(args.config, args.profile, args.overrides)
     import uvicorn
 
-    app = create_api(cfg, LocalBackend.from_config(cfg, allow_untrained=args.allow_untrained))
+    spec = load_spec(cfg, args.version, allow_untrained=args.allow_untrained)
+    backend = LocalBackend.from_config(cfg, spec=spec, allow_untrained=args.allow_untrained)
+    app = create_api(cfg, backend, spec=spec)
     uvicorn.run(app, host=args.host or cfg.serve.host, port=args.port or cfg.serve.port)
 
 

@@ -28,7 +28,7 @@ from ray.serve import Application
 from ray.serve.deployment import Deployment
 
 from ml.config import AutoscalingConfig, Config, ConfigError, apply_override, load_config
-from ml.ensemble import EnsembleSpec, resolve_spec
+from ml.ensemble import EnsembleSpec, load_spec, member_checkpoints
 from ml.service import apply_fusion_update
 from serve.ingress import Ingress
 from serve.member import MemberModel
@@ -51,7 +51,9 @@ class AppArgs(BaseModel):
 
     The configuration comes from ``config_data`` (a :meth:`Config.snapshot`, as ``run_local`` and the tests
     pass it) or else from ``config`` / ``profile`` / ``overrides`` exactly as on the ``mpic`` command line.
-    ``members`` deploys a subset of the ensemble, ``spec_path`` a given spec instead of the newest,
+    ``members`` deploys a subset of the ensemble; the ensemble is the registered one the alias
+    ``mlflow.alias`` (``champion``) points at, or ``version`` (a number or alias), or ``spec_path`` (a
+    spec file) — all through :func:`ml.ensemble.load_spec`;
     ``fusion`` is the initial ingress ``user_config``, ``use_gpu`` forces (or forbids) GPU requests for the
     member replicas (default: when the cluster has GPUs).
     """
@@ -64,6 +66,7 @@ class AppArgs(BaseModel):
     config_data: dict[str, Any] | None = None
     allow_untrained: bool = False
     members: list[str] | None = None
+    version: str | None = None
     spec_path: str | None = None
     fusion: dict[str, Any] | None = None
     use_gpu: bool | None = None
@@ -78,6 +81,11 @@ class AppArgs(BaseModel):
                 return yaml.safe_load(text)
             return [p for p in (s.strip() for s in text.split(";")) if p]
         return v
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_text(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) else v
 
     @field_validator("members", mode="before")
     @classmethod
@@ -104,12 +112,12 @@ class AppArgs(BaseModel):
             raise ConfigError(f"invalid config_data: {e}") from None
 
     def load_spec(self, cfg: Config) -> EnsembleSpec:
-        """``spec_path`` if given, else the newest fused spec (or equal weights before any fusion)."""
-        if self.spec_path:
-            spec = EnsembleSpec.from_json(Path(self.spec_path).read_text())
-            spec.check_against(cfg)
-            return spec
-        return resolve_spec(cfg)
+        """``spec_path`` if given, else the registered ``version`` (default: the alias, ``champion``).
+
+        With ``allow_untrained`` and nothing registered: equal weights over untrained members.
+        """
+        ref: str | Path | None = Path(self.spec_path) if self.spec_path else self.version
+        return load_spec(cfg, ref, allow_untrained=self.allow_untrained)
 
 
 def _autoscaling(a: AutoscalingConfig) -> dict[str, Any]:
@@ -202,9 +210,7 @@ def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
     handles = {
         m: cast(Deployment, MemberModel)
         .options(**member_options(cfg, m, has_gpu=has_gpu))
-        .bind(
-            cfg, m, checkpoints=list(spec.members[m].checkpoints) or None, allow_untrained=a.allow_untrained
-        )
+        .bind(cfg, m, checkpoints=member_checkpoints(cfg, spec, m) or None, allow_untrained=a.allow_untrained)
         for m in members
     }
     ingress = cast(Deployment, Ingress).options(
@@ -378,6 +384,7 @@ def run_local(
     allow_untrained: bool = False,
     members: Sequence[str] | None = None,
     fusion: Mapping[str, Any] | None = None,
+    version: str | None = None,
     timeout_s: float = 600.0,
 ) -> str:
     """Serve ``cfg``'s ensemble on Ray (``cfg.ray.address`` or a local instance) and return the URL.
@@ -399,7 +406,10 @@ def run_local(
         config_data=cfg.snapshot(),
         allow_untrained=allow_untrained,
         members=list(members) if members else None,
+        version=version,
     )
+    spec = args.load_spec(cfg)  # fail here, clearly, when nothing is registered
+    print(f"serving ensemble {_describe(spec)}", flush=True)
     http = {"host": host, "port": port, "request_timeout_s": cfg.serve.limits.request_timeout_s + 10}
     deploy(serve_config(args, fusion=fusion, http_options=http), timeout_s=timeout_s)
     shown = f"[{host}]" if ":" in host else host
@@ -413,6 +423,12 @@ def run_local(
             print("stopping Serve", flush=True)
             serve.shutdown()
     return url
+
+
+def _describe(spec: EnsembleSpec) -> str:
+    if spec.registered_model:
+        return f"{spec.registered_model} version {spec.version} ({spec.source})"
+    return f"{spec.ensemble} ({spec.source}, not registered)"
 
 
 def serve_http_url() -> str:

@@ -9,8 +9,10 @@ the cluster settings applied, nothing hand-copied:
   and is declared as the ``serve`` container port of every Ray pod (KubeRay routes and health-checks it);
 * ``args.profile: full`` and ``args.use_gpu: true`` — the GPU worker group starts at zero pods, so deciding
   from the GPUs present at deploy time would never ask for one and the autoscaler would never add one;
-* ``args.overrides`` + ``runs_dir`` on the shared volume — where ``ray_jobs.train --base-dir /shared/mpic``
-  (deploy/kuberay/rayjob-train.yaml) leaves checkpoints and fused ensemble specs.
+* ``args.overrides`` + the training job's namespace on the shared volume (``namespace``, ``runs_dir``,
+  ``data.cache_dir`` and the MLflow store) — where ``ray_jobs.train --base-dir /shared/mpic``
+  (deploy/kuberay/rayjob-train.yaml) leaves checkpoints and ``ray_jobs.fuse`` registers the ensemble whose
+  ``champion`` the service loads.
 
 Usage::
 
@@ -150,19 +152,45 @@ def ray_version() -> str:
     return version("ray")
 
 
-def shared_runs_dir() -> str:
-    """``runs_dir`` of the training job run with ``--base-dir SHARED_DIR`` (from config.yml, not copied)."""
+def _shared_cfg() -> Any:
     sys.path.insert(0, str(ROOT))
     from ml.config import load_config
 
-    return str(load_config(ROOT / "config.yml", profile=PROFILE, base_dir=Path(SHARED_DIR)).runs_dir)
+    return load_config(ROOT / "config.yml", profile=PROFILE, base_dir=Path(SHARED_DIR))
+
+
+def shared_runs_dir() -> str:
+    """``runs_dir`` of the training job run with ``--base-dir SHARED_DIR`` (from config.yml, not copied)."""
+    return str(_shared_cfg().runs_dir)
+
+
+SHARED_KEYS = (
+    "namespace",
+    "runs_dir",
+    "data.cache_dir",
+    "mlflow.backend_store_uri",
+    "mlflow.artifacts_destination",
+)
+
+
+def shared_overrides() -> list[str]:
+    """``--set`` overrides giving the service the training job's namespace, runs and MLflow registry."""
+    cfg = _shared_cfg()
+    values = {
+        "namespace": cfg.namespace,
+        "runs_dir": cfg.runs_dir,
+        "data.cache_dir": cfg.data.cache_dir,
+        "mlflow.backend_store_uri": cfg.mlflow.backend_store_uri,
+        "mlflow.artifacts_destination": cfg.mlflow.artifacts_destination,
+    }
+    return [f"{k}={values[k]}" for k in SHARED_KEYS]
 
 
 def cluster_serve_config(host: str = POD_HOST) -> dict[str, Any]:
     """``serve/config.yaml`` with the cluster settings applied (see the module docstring)."""
     cfg = copy.deepcopy(yaml.safe_load(SERVE_CONFIG.read_text()))
     cfg.setdefault("http_options", {})["host"] = host
-    runs_dir = f"runs_dir={shared_runs_dir()}"
+    shared = shared_overrides()
     apps = [a for a in cfg.get("applications", []) if a.get("import_path") == APP_IMPORT_PATH]
     if not apps:
         raise ValueError(f"{SERVE_CONFIG}: no application with import_path {APP_IMPORT_PATH}")
@@ -170,8 +198,8 @@ def cluster_serve_config(host: str = POD_HOST) -> dict[str, Any]:
         args = app.setdefault("args", {})
         args["profile"] = PROFILE
         args["use_gpu"] = True
-        overrides = [o for o in args.get("overrides") or [] if not str(o).startswith("runs_dir=")]
-        args["overrides"] = [*overrides, runs_dir]
+        keep = [o for o in args.get("overrides") or [] if str(o).split("=", 1)[0] not in SHARED_KEYS]
+        args["overrides"] = [*keep, *shared]
     return dict(cfg)
 
 

@@ -171,11 +171,11 @@ def test_shared_storage_settings_survive_the_config() -> None:
     assert cfg.mlflow.backend_store_uri == "postgresql://mlflow:secret@db.internal:5432/mlflow"
     assert cfg.mlflow.artifacts_destination == "s3://bucket/mpic/mlflow"
     # relative paths land on the shared file system given by --base-dir
-    assert str(cfg.runs_dir) == "/shared/mpic/.cache/mpic/runs"
+    assert str(cfg.runs_dir) == "/shared/mpic/.cache/mpic/full/runs"  # the profile's namespace
     assert str(cfg.data.root) == "/shared/mpic/data/IRMAS"
     assert str(cfg.data.cache_dir) == "/shared/mpic/.cache/mpic"
     nfs = load_config(ROOT / "config.yml", profile="full", base_dir=Path("/shared/mpic"))
-    assert str(nfs.ray.storage_path) == "/shared/mpic/.cache/mpic/ray_results"
+    assert str(nfs.ray.storage_path) == "/shared/mpic/.cache/mpic/full/ray_results"
     assert nfs.mlflow.backend_store_uri == "sqlite:////shared/mpic/.cache/mpic/mlflow.db"
 
 

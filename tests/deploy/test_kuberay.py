@@ -218,12 +218,17 @@ def test_serve_config_v2_agrees_with_serve_config(
         extra = {k: v for k, v in a["args"].items() if b["args"].get(k) != v}
         assert set(extra) <= {"profile", "use_gpu", "overrides"}, extra
         assert a["args"]["profile"] == "full" and a["args"]["use_gpu"] is True
-        runs_dir = f"runs_dir={gen.shared_runs_dir()}"
-        assert a["args"]["overrides"] == [*b["args"].get("overrides", []), runs_dir]
-        # the args are valid for the app and give a valid config with the shared runs_dir
+        assert a["args"]["overrides"] == [*b["args"].get("overrides", []), *gen.shared_overrides()]
+        # the args are valid for the app and give the training job's namespace, runs_dir and registry
         app_args = AppArgs.model_validate(a["args"])
         cfg = app_args.load_config()
         assert cfg.profile == "full" and str(cfg.runs_dir) == gen.shared_runs_dir()
+        job = gen._shared_cfg()
+        assert (cfg.namespace, cfg.mlflow.registered_model_prefix) == (
+            job.namespace,
+            job.mlflow.registered_model_prefix,
+        )
+        assert cfg.mlflow.backend_store_uri == job.mlflow.backend_store_uri
         assert cfg.serve.num_gpus > 0  # member replicas do ask for GPUs (use_gpu) on this cluster
 
 

@@ -99,3 +99,46 @@ def test_relative_paths_resolve_against_config_dir(tmp_path, raw):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yml")
+
+
+def test_each_profile_is_its_own_namespace(tmp_path, raw):
+    base = tmp_path.resolve()
+    cfgs = {p: config_from_dict(raw, profile=p, base_dir=base) for p in (None, "smoke", "demo")}
+    for p, cfg in cfgs.items():
+        ns = p or "default"
+        assert cfg.namespace == ns
+        assert cfg.runs_dir == base / ".cache/mpic" / ns / "runs"
+        assert cfg.ray.storage_path == str(base / ".cache/mpic" / ns / "ray_results")
+        assert cfg.mlflow.experiment == cfg.mlflow.registered_model_prefix == f"mpic-{ns}"
+        assert cfg.namespace_dir == base / ".cache/mpic" / ns
+    # what is keyed by content stays shared: the data cache and the one MLflow store
+    assert len({c.data.cache_dir for c in cfgs.values()}) == 1
+    assert len({c.mlflow.backend_store_uri for c in cfgs.values()}) == 1
+    # the derived values survive a snapshot round trip (Ray workers, Serve replicas)
+    from ml.config import Config
+
+    again = Config.model_validate(cfgs["demo"].snapshot())
+    assert (again.runs_dir, again.mlflow.experiment) == (cfgs["demo"].runs_dir, "mpic-demo")
+
+
+def test_another_runs_location_is_another_namespace(tmp_path, raw):
+    a = config_from_dict(raw, profile="demo", overrides=[f"runs_dir={tmp_path / 'a'}"], base_dir=tmp_path)
+    b = config_from_dict(raw, profile="demo", overrides=[f"runs_dir={tmp_path / 'b'}"], base_dir=tmp_path)
+    demo = config_from_dict(raw, profile="demo", base_dir=tmp_path)
+    names = {c.namespace for c in (a, b, demo)}
+    assert len(names) == 3 and all(n.startswith("demo") for n in names)
+    assert len({c.mlflow.registered_model_prefix for c in (a, b, demo)}) == 3
+    assert a.runs_dir == (tmp_path / "a").resolve()
+
+
+def test_explicit_values_win_over_the_namespace(tmp_path, raw):
+    cfg = config_from_dict(
+        raw,
+        profile="demo",
+        overrides=["namespace=exp1", "mlflow.experiment=mine", "mlflow.registered_model_prefix=team"],
+        base_dir=tmp_path,
+    )
+    assert cfg.namespace == "exp1" and cfg.runs_dir == (tmp_path / ".cache/mpic/exp1/runs").resolve()
+    assert (cfg.mlflow.experiment, cfg.mlflow.registered_model_prefix) == ("mine", "team")
+    with pytest.raises(ConfigError, match="namespace"):
+        config_from_dict(raw, overrides=["namespace=../x"], base_dir=tmp_path)

@@ -73,22 +73,53 @@ def test_fuse_windows_weights_and_drops():
         fuse_windows({"a": a}, {"a": 0.0}, "mean")
 
 
+def test_ensemble_predictor_runs_the_http_pipeline(smoke_cfg):
+    """predict() is ml.service.analyze: too-short audio fails with the API's min_seconds error."""
+    from ml.config import Config
+
+    data = three_label_cfg(smoke_cfg).snapshot()
+    data["audio"]["min_seconds"] = 0.5
+    cfg = Config.model_validate(data)
+    pa, _ = make_predictor("a")
+    ens = EnsemblePredictor({"a": pa}, {"a": 1.0}, [0.5] * 3, "mean", cfg=cfg)
+    short = wav_bytes(np.full(800, 0.1, np.float32), 8000)  # 0.1 s
+    [res] = ens.predict([("short.wav", short)])
+    assert res.error is not None and res.error.startswith("too_short: ")
+    with pytest.raises(ValueError, match="needs the config"):
+        EnsemblePredictor({"a": pa}, {"a": 1.0}, [0.5] * 3, "mean").predict([("x.wav", short)])
+
+
 def wav_bytes(wave, sr):
     buf = io.BytesIO()
     sf.write(buf, wave, sr, format="WAV")
     return buf.getvalue()
 
 
-def test_ensemble_predictor_end_to_end_with_errors_beside_results():
+def three_label_cfg(smoke_cfg):
+    """The smoke config with the fake predictors' three labels and 0.5-s hops."""
+    from ml.config import Config
+
+    data = smoke_cfg.snapshot()
+    data["labels"] = [{"code": c, "name": c} for c in ("lo", "mid", "hi")]
+    data["inference"]["hop_s"] = 0.5
+    return Config.model_validate(data)
+
+
+def test_ensemble_predictor_end_to_end_with_errors_beside_results(smoke_cfg):
     pa, _models_a = make_predictor("a")
     pb, models_b = make_predictor("b", bias=-5.0)
-    ens = EnsemblePredictor({"a": pa, "b": pb}, {"a": 1.0, "b": 1.0}, [0.5, 0.5, 0.5], "mean")
+    ens = EnsemblePredictor(
+        {"a": pa, "b": pb}, {"a": 1.0, "b": 1.0}, [0.5, 0.5, 0.5], "mean", cfg=three_label_cfg(smoke_cfg)
+    )
     t = np.arange(44100 * 2) / 44100
     good = wav_bytes(np.sin(2 * np.pi * 300 * t).astype(np.float32), 44100)
     silent = wav_bytes(np.zeros(8000, np.float32), 8000)
-    res = ens.predict([("good.wav", good), ("bad.wav", b"garbage"), ("quiet.wav", silent)])
-    assert [r.file for r in res] == ["good.wav", "bad.wav", "quiet.wav"]
-    assert res[1].error and "readable" in res[1].error
+    res = ens.predict(
+        [("good.wav", good), ("bad.wav", b"garbage"), ("quiet.wav", silent), ("gone.wav", "/nonexistent.wav")]
+    )
+    assert [r.file for r in res] == ["good.wav", "bad.wav", "quiet.wav", "gone.wav"]
+    assert res[1].error and res[1].error.startswith("undecodable: ")  # the HTTP API's error text
+    assert res[3].error and res[3].error.startswith("unreadable: ")
     assert res[0].duration_s == pytest.approx(2.0)
     assert res[0].instruments == ["lo"]
     assert len(res[0].segments) == 3 and res[0].segments[-1].end_s == pytest.approx(2.0)

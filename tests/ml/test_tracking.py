@@ -243,9 +243,15 @@ def test_register_member_champion_and_download(cfg: Config, tmp_path: Path) -> N
     paths = tracking.download_member(cfg, member)  # champion
     assert [p.parent.name for p in paths] == ["fold0", "fold1"] and all(p.name == "model.pt" for p in paths)
     assert tracking.download_member(cfg, member, "champion") == paths  # cached
-    assert len(tracking.download_member(cfg, member, 2)) == 2
+    v2_paths = tracking.download_member(cfg, member, 2)
+    assert len(v2_paths) == 2
     with pytest.raises(LookupError):
         tracking.download_member(cfg, member, "no-such-alias")
+    # the fusion job names the version holding exactly its checkpoints, not the champion
+    shas = {k: tracking.file_sha256(p) for k, p in enumerate(v2_paths)}
+    found = tracking.find_member_version(cfg, member, shas)
+    assert found is not None and str(found.version) == "2"
+    assert tracking.find_member_version(cfg, member, {0: "0" * 64, 1: shas[1]}) is None
 
     from ml.checkpoint import read_checkpoint
 
@@ -276,7 +282,50 @@ def test_spec_registry_roundtrip(cfg: Config, tmp_path: Path) -> None:
     assert (r2.version, r2.champion) == ("2", False)
     loaded = tracking.load_registered_spec(cfg)
     assert loaded is not None and loaded.weights == {m: 1.0 for m in spec.weights}  # the champion (v1)
+    assert (loaded.version, loaded.registered_model) == (1, tracking.spec_model_name(cfg))
     v2 = tracking.load_registered_spec(cfg, 2)
-    assert v2 is not None and v2.weights == spec.weights
+    assert v2 is not None and v2.weights == spec.weights and v2.version == 2
     with pytest.raises(LookupError):
         tracking.load_registered_spec(cfg, 9)
+
+
+def test_load_spec_is_the_one_loader(cfg: Config, tmp_path: Path) -> None:
+    from ml.ensemble import EQUAL, SpecNotFoundError, default_spec, load_spec, stamp
+
+    # nothing registered: a clear error naming the command, unless untrained members are allowed
+    with pytest.raises(SpecNotFoundError, match=r"run `mpic fuse --profile smoke` first"):
+        load_spec(cfg)
+    untrained = load_spec(cfg, allow_untrained=True)
+    assert stamp(untrained) == {
+        "name": "default",
+        "registered_model": None,
+        "version": None,
+        "source": "untrained",
+    }
+    with pytest.raises(SpecNotFoundError, match="no checkpoints"):
+        load_spec(cfg, EQUAL)
+    spec = default_spec(cfg)
+    spec.value = 0.5
+    spec.source = "tune"
+    tracking.register_spec(cfg, spec, {"macro_f1": 0.5})
+    spec.weights = {m: float(i + 1) for i, m in enumerate(spec.weights)}
+    tracking.register_spec(cfg, spec, {"macro_f1": 0.1})  # worse: the champion stays v1
+    name = tracking.spec_model_name(cfg)
+    assert stamp(load_spec(cfg)) == {
+        "name": "default",
+        "registered_model": name,
+        "version": 1,
+        "source": "tune",
+    }
+    assert load_spec(cfg, "champion").version == 1
+    assert load_spec(cfg, 2).version == load_spec(cfg, "2").version == 2
+    with pytest.raises(SpecNotFoundError, match="no version or alias '7'"):
+        load_spec(cfg, 7)
+    path = tmp_path / "s.json"
+    path.write_text(spec.to_json())
+    assert load_spec(cfg, str(path)).weights == spec.weights
+    with pytest.raises(SpecNotFoundError, match="MLflow is disabled"):
+        from ml.config import Config as _C
+
+        off = _C.model_validate({**cfg.snapshot(), "mlflow": {**cfg.snapshot()["mlflow"], "enabled": False}})
+        load_spec(off)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ml.config import load_config
-from ml.ensemble import EnsembleSpec, latest_spec
+from ml.ensemble import EnsembleSpec, load_spec
 from ml.train import save_oof
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -78,8 +78,11 @@ def test_noise_member_is_dropped_and_search_beats_baselines(fused):
 
 
 def test_spec_saved_versioned_and_thresholds_from_training_oof(fuse_cfg, fused):
-    spec = latest_spec(fuse_cfg)
-    assert spec is not None and spec.version == fused["version"]
+    spec = load_spec(fuse_cfg)  # the champion: the first fusion always takes the alias
+    assert spec.version == fused["version"] and fused["champion"] is True
+    assert spec.registered_model == fused["registered_model"]
+    assert spec.registered_model == f"mpic-{fuse_cfg.namespace}-ensemble-default"  # the namespace's own
+    assert fused["spec_path"].endswith(f"spec-v{spec.version}.json")  # the local copy shares the number
     assert len(spec.thresholds) == len(fuse_cfg.labels)
     assert spec.details["n_clips"] == 120
     assert set(spec.details["member_thresholds"]) == set(MEMBERS)
@@ -98,6 +101,6 @@ def test_every_trial_in_mlflow_and_spec_round_trips(fuse_cfg, fused):
     assert len(trial_runs) == fused["n_trials"]
     assert all("objective" in r.data.metrics for r in trial_runs)
     registered = tracking.load_registered_spec(fuse_cfg)
-    local = latest_spec(fuse_cfg)
+    local = EnsembleSpec.from_json(Path(fused["spec_path"]).read_text())
     assert isinstance(registered, EnsembleSpec)
     assert registered.to_json() == local.to_json()

@@ -62,7 +62,7 @@ def test_job_args(tmp_path: Path) -> None:
         parser, ["--profile", "smoke", "--set", "train.epochs=3", "--base-dir", str(tmp_path)]
     )
     assert cfg.profile == "smoke" and cfg.train.epochs == 3
-    assert cfg.runs_dir == (tmp_path / ".cache/mpic/runs").resolve()
+    assert cfg.runs_dir == (tmp_path / ".cache/mpic/smoke/runs").resolve()  # the profile's own namespace
     assert tracking.tracking_uri(cfg) == f"sqlite:///{(tmp_path / '.cache/mpic/mlflow.db').resolve()}"
 
 
@@ -167,6 +167,20 @@ def test_resume_after_injected_failure(smoke_training: tuple[Config, dict[str, A
     hist = c.get_metric_history(failed["run_id"], "val_loss")
     assert [m.step for m in hist] == [0, 1]
     assert all(math.isfinite(m.value) for m in hist)
+
+
+def test_retraining_another_config_refuses_to_overwrite(
+    smoke_training: tuple[Config, dict[str, Any], float],
+) -> None:
+    from ray_jobs.train import RunsDirConflictError
+
+    cfg, _, _ = smoke_training
+    digests = {p: tracking.file_sha256(p) for p in cfg.runs_dir.glob("*/fold*/*") if p.is_file()}
+    other = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 0.0123})})
+    with pytest.raises(RunsDirConflictError, match=r"--overwrite") as e:
+        train(other)
+    assert "res_genre/fold0" in str(e.value) and str(cfg.runs_dir) in str(e.value)
+    assert {p: tracking.file_sha256(p) for p in cfg.runs_dir.glob("*/fold*/*") if p.is_file()} == digests
 
 
 def test_rerun_skips_finished_folds(smoke_training: tuple[Config, dict[str, Any], float]) -> None:

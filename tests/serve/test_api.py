@@ -142,7 +142,9 @@ def test_multi_model_matches_in_process_ensemble(
     assert body["thresholds"] == dict.fromkeys(api_cfg.label_codes, api_cfg.inference.threshold)
     assert [x["file"] for x in body["results"]] == ["stereo.wav", "tones.flac", "clip.mp3", "short.wav"]
     spec = default_spec(api_cfg)
-    ref = EnsemblePredictor(local_backend.predictors, spec.weights, spec.thresholds, spec.aggregation)
+    ref = EnsemblePredictor(
+        local_backend.predictors, spec.weights, spec.thresholds, spec.aggregation, cfg=api_cfg
+    )
     expected = ref.predict(
         [(p.name, p.read_bytes()) for p in (audio_files[k] for k in ("wav", "flac", "mp3", "short"))]
     )
@@ -314,7 +316,16 @@ def test_downloads(local_client: Any, api_cfg: Config, audio_files: dict[str, Pa
     assert r.headers["content-type"].startswith("text/csv")
     assert r.headers["content-disposition"] == "attachment; filename=wav-files-instruments-predictions.csv"
     rows = list(csv.DictReader(io.StringIO(r.text)))
-    assert list(rows[0]) == ["file", "duration_s", "instruments", *api_cfg.label_codes, "error"]
+    assert list(rows[0]) == [
+        "file",
+        "duration_s",
+        "instruments",
+        *api_cfg.label_codes,
+        "error",
+        "ensemble",
+        "version",
+    ]
+    assert {(x["ensemble"], x["version"]) for x in rows} == {("default", "")}  # not registered
     assert [x["file"] for x in rows] == ["stereo.wav", "clip.mp3", "bad.wav"]
     assert float(rows[0]["duration_s"]) == pytest.approx(2.3, abs=1e-3)
     assert rows[2]["error"].startswith("undecodable") and rows[2]["cel"] == ""
@@ -327,6 +338,13 @@ def test_downloads(local_client: Any, api_cfg: Config, audio_files: dict[str, Pa
     assert r.headers["content-disposition"] == "attachment; filename=wav-files-instruments-predictions.json"
     body = json.loads(r.content)
     assert set(body) >= {"labels", "weights", "thresholds", "results"} and len(body["results"]) == 3
+    assert body["ensemble"] == {
+        "name": "default",
+        "registered_model": None,
+        "version": None,
+        "source": "default",
+    }
+    assert body["model"] == api_cfg.default_model
     assert local_client.post(f"{MULTI}?format=xml", files=files).status_code == 422
 
 
@@ -382,7 +400,12 @@ def test_models_and_health(local_client: Any, api_cfg: Config) -> None:
     assert body["labels"][0] == {"code": "cel", "name": "Cello"} and len(body["labels"]) == len(
         api_cfg.labels
     )
-    assert body["spec"] == {"ensemble": "default", "version": 0, "source": "default"}
+    assert body["spec"] == {
+        "ensemble": "default",
+        "registered_model": None,
+        "version": None,
+        "source": "default",
+    }
     assert body["aggregation"] == "mean" and set(body["thresholds"]) == set(api_cfg.label_codes)
     assert body["limits"]["max_files"] == api_cfg.serve.limits.max_files
     h = local_client.get("/healthz")
@@ -658,3 +681,42 @@ def test_app_args_and_member_options(api_cfg: Config) -> None:
         member_options(cfg, "res_genre", has_gpu=False)["autoscaling_config"]["max_replicas"]
         == cfg.serve.autoscaling.max_replicas
     )
+
+
+def test_single_model_uses_the_members_fitted_thresholds(
+    api_cfg: Config, audio_files: dict[str, Path], client_for: Callable[[FastAPI], Any]
+) -> None:
+    """single_model uses the member's own thresholds fitted by `mpic fuse`, not a fixed 0.5."""
+    fake = FakeBackend(len(api_cfg.labels))
+    n = len(api_cfg.labels)
+    own = {
+        "res_genre": [0.05 + 0.01 * i for i in range(n)],
+        "res_bpm": [0.55] * n,
+        "seed_mel": [0.95] * n,
+    }
+    spec = fake_spec(api_cfg, details={"member_thresholds": own}, registered_model="mpic-x-ensemble-fake")
+    c = client_for(create_api(api_cfg, fake, spec=spec))
+    for member in ("res_genre", "res_bpm"):
+        body = c.post(SINGLE, files=files_of(audio_files, "wav"), data={"model": member}).json()
+        assert list(body["thresholds"].values()) == pytest.approx(own[member])
+        assert body["model"] == member and body["weights"] == {member: 1.0}
+        assert body["ensemble"] == {
+            "name": "fake",
+            "registered_model": "mpic-x-ensemble-fake",
+            "version": 7,
+            "source": "fusion",
+        }
+        # res_genre's class-0 file score is 0.1 (mean of a 0..0.2 ramp), the others 0.2: its own
+        # thresholds (0.05, 0.06, …) report every class where 0.5 would report none
+        got = body["results"][0]["instruments"]
+        assert got == (api_cfg.label_codes if member == "res_genre" else api_cfg.label_codes[1:])
+    # an explicit threshold still wins
+    body = c.post(
+        SINGLE, files=files_of(audio_files, "wav"), data={"model": "res_genre", "threshold": "0.5"}
+    ).json()
+    assert set(body["thresholds"].values()) == {0.5} and body["results"][0]["instruments"] == []
+    # a spec without member thresholds (before any fusion): the config's fixed threshold
+    plain = client_for(create_api(api_cfg, fake, spec=fake_spec(api_cfg)))
+    body = plain.post(SINGLE, files=files_of(audio_files, "wav"), data={"model": "res_genre"}).json()
+    assert set(body["thresholds"].values()) == {api_cfg.inference.threshold}
+    assert c.get("/models").json()["spec"]["registered_model"] == "mpic-x-ensemble-fake"

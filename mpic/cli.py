@@ -1,8 +1,11 @@
-"""The `mpic` command line: one thin subcommand per job.
+"""The `mpic` command line: one thin subcommand per job (``mpic …`` or ``python -m mpic …``).
 
-Every subcommand takes ``--config PATH``, ``--profile NAME`` and repeated ``--set key=value``. Commands
-that need Ray (`train`, `fuse`, `serve`) import `ray_jobs` / `serve` lazily, so the library stays
-Ray-free and ``mpic --help`` is instant.
+It lives outside ``ml/`` because it may import all three packages (``ml``, ``ray_jobs``, ``serve``); the
+library never imports its adapters. Every subcommand takes ``--config PATH``, ``--profile NAME`` (the
+namespace: runs, MLflow experiment and registered names are the profile's own) and repeated ``--set
+key=value``. Commands that need Ray (`train`, `fuse`, `serve`) import `ray_jobs` / `serve` lazily, so
+``mpic --help`` is instant. `predict`, `evaluate` and `serve` load the registered ensemble (alias
+``champion`` or ``--version N``) through :func:`ml.ensemble.load_spec`, and every answer names it.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ml.config import Config, ConfigError, add_config_args, load_config
+from ml.ensemble import SpecError, SpecNotFoundError
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -68,7 +72,7 @@ def cmd_folds(args: argparse.Namespace) -> int:
     k = args.k or cfg.folds.k
     manifest = build_manifest(root, cfg.label_codes, strict=False)
     recs = assign_folds(manifest.filter(split="train"), cfg.label_codes, k=k, seed=cfg.folds.seed)
-    out = Path(args.out) if args.out else cfg.data.cache_dir / "folds.csv"
+    out = Path(args.out) if args.out else cfg.namespace_dir / "folds.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     n = write_folds(Manifest(manifest.root, recs), out)
     print(f"{n} clips in {k} folds → {out}")
@@ -77,10 +81,14 @@ def cmd_folds(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Fold-parallel training on Ray (Tune grid of member × fold, each a TorchTrainer)."""
-    from ray_jobs.train import train
+    from ray_jobs.train import RunsDirConflictError, train
 
     cfg = _cfg(args)
-    summary = train(cfg, members=args.members, folds=args.folds)
+    try:
+        summary = train(cfg, members=args.members, folds=args.folds, overwrite=args.overwrite)
+    except RunsDirConflictError as e:
+        print(f"mpic train: {e}", file=sys.stderr)
+        return 2
     print(json.dumps(summary.get("members", summary), indent=2, default=str))
     return 0
 
@@ -97,12 +105,12 @@ def cmd_fuse(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate members and the fused ensemble on an IRMAS testing layout."""
-    from ml.ensemble import default_spec, resolve_spec
+    from ml.ensemble import load_spec
     from ml.evaluate import evaluate, format_table
 
     cfg = _cfg(args)
-    # "equal": equal weights and the fixed threshold — the baseline the fused spec is compared with
-    spec = default_spec(cfg) if args.spec == "equal" else resolve_spec(cfg)
+    # --version equal: equal weights and the fixed threshold, the baseline the fused spec is compared with
+    spec = load_spec(cfg, args.version)
     report = evaluate(cfg, data_root=Path(args.data) if args.data else None, members=args.models, spec=spec)
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2))
@@ -111,31 +119,70 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Predict instruments in audio files with the fused ensemble (or chosen members)."""
-    from ml.inference import load_ensemble
-    from ml.results import results_payload, results_to_csv
+    """Predict instruments in audio files with the registered ensemble (or one of its members)."""
+    from ml.ensemble import load_spec
+    from ml.results import payload_to_json, results_to_csv
+    from ml.service import (
+        LocalBackend,
+        analyze_sources,
+        fusion_from_spec,
+        multi_model_settings,
+        results_document,
+        single_model_settings,
+        validate_weights,
+    )
 
     cfg = _cfg(args)
-    ens = load_ensemble(cfg, allow_untrained=args.untrained)
+    spec = load_spec(cfg, args.version, allow_untrained=args.untrained)
     weights = None
     if args.weights:
-        weights = json.loads(args.weights)
+        try:
+            weights = json.loads(args.weights)
+        except ValueError as e:
+            raise ConfigError(f"--weights is not valid JSON: {e}") from None
     elif args.models:
         weights = {m: 1.0 for m in args.models}
-    ens.warm_up()  # one-off kernel selection and allocation: start-up, not throughput
+    if args.model:
+        members = [args.model]
+    elif weights is not None:
+        members = [m for m, w in weights.items() if isinstance(w, int | float) and w > 0]
+    else:
+        members = None
+    for m in members or []:
+        if m not in spec.members:
+            raise ConfigError(f"{m!r} is not a member of ensemble {spec.ensemble!r}: {sorted(spec.members)}")
+    backend = LocalBackend.from_config(cfg, members, spec=spec, allow_untrained=args.untrained)
+    fusion = fusion_from_spec(cfg, spec, backend.members)
+    if args.model:
+        settings = single_model_settings(cfg, fusion, args.model, threshold=args.threshold)
+    else:
+        w = None if weights is None else validate_weights(weights, backend.members, known=cfg.members)
+        settings = multi_model_settings(cfg, fusion, weights=w, threshold=args.threshold)
     t0 = time.perf_counter()
-    results = ens.predict([(str(f), Path(f)) for f in args.files], weights=weights)
+    results = analyze_sources(
+        cfg,
+        backend,
+        [(str(f), Path(f)) for f in args.files],
+        weights=settings.weights,
+        thresholds=settings.thresholds,
+        aggregation=settings.aggregation,
+    )
     took = time.perf_counter() - t0
     audio_s = sum(r.duration_s or 0.0 for r in results)
-    w = weights or ens.weights
+    payload = results_document(cfg, fusion, settings, results)
     if args.format == "csv":
-        sys.stdout.write(results_to_csv(ens.labels, results))
+        sys.stdout.write(results_to_csv(cfg.label_codes, payload["results"], ensemble=payload["ensemble"]))
     else:
-        payload = results_payload(ens.labels, w, ens.thresholds.tolist(), results)
-        print(json.dumps(payload, indent=2))
+        print(payload_to_json(payload))
+    st = payload["ensemble"]
+    which = (
+        f"{st['registered_model']} version {st['version']}"
+        if st["version"]
+        else f"{st['name']} ({st['source']})"
+    )
     print(
         f"{len(results)} file(s), {audio_s:.1f} s of audio in {took:.2f} s "
-        f"({audio_s / max(took, 1e-9):.1f} audio-s/s)",
+        f"({audio_s / max(took, 1e-9):.1f} audio-s/s) with {which}",
         file=sys.stderr,
     )
     return 1 if any(r.error for r in results) else 0
@@ -152,6 +199,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port or cfg.serve.port,
         allow_untrained=args.untrained,
         blocking=not args.detach,
+        version=args.version,
     )
     return 0
 
@@ -164,6 +212,12 @@ def cmd_mlflow(args: argparse.Namespace) -> int:
     cmd = server_command(cfg)
     print("$", " ".join(cmd))
     return subprocess.call(cmd)
+
+
+VERSION_HELP = (
+    "registered ensemble version (a number) or alias (default: mlflow.alias, i.e. champion); "
+    "'equal' for untuned equal weights"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("train", cmd_train, "train the ensemble's members on Ray")
     p.add_argument("--members", nargs="+")
     p.add_argument("--folds", nargs="+", type=int)
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace finished folds in runs_dir trained with another configuration (default: refuse)",
+    )
 
     add("fuse", cmd_fuse, "search fusion weights/aggregation/thresholds on OOF predictions")
 
@@ -207,17 +266,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["json", "table"], default="table")
     p.add_argument("--output", help="also write the JSON report here")
     p.add_argument(
-        "--spec",
-        choices=["latest", "equal"],
-        default="latest",
-        help="the newest fused ensemble spec, or equal weights with the fixed threshold",
+        "--version",
+        help="registered ensemble version or alias (default: champion); 'equal': equal weights and the "
+        "fixed threshold (the untuned baseline); or a spec .json file",
     )
 
     p = add("predict", cmd_predict, "predict instruments in audio files")
     p.add_argument("files", nargs="+")
     p.add_argument("--format", choices=["json", "csv"], default="json")
-    p.add_argument("--models", nargs="+", help="members to use with equal weights")
+    p.add_argument("--models", nargs="+", help="members to fuse with equal weights")
     p.add_argument("--weights", help="JSON object member → weight, e.g. '{\"res_genre\": 1}'")
+    p.add_argument(
+        "--model",
+        help="one member alone with its own fitted thresholds (as POST /analyze_files/single_model)",
+    )
+    p.add_argument("--threshold", type=float, help="one threshold for every class instead of the fitted ones")
+    p.add_argument("--version", help=VERSION_HELP)
     p.add_argument(
         "--untrained", action="store_true", help="allow members without checkpoints (random weights)"
     )
@@ -229,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--untrained", action="store_true", help="allow members without checkpoints (random weights)"
     )
     p.add_argument("--detach", action="store_true", help="deploy and return (Ray keeps serving)")
+    p.add_argument("--version", help=VERSION_HELP)
 
     add("mlflow", cmd_mlflow, "start the MLflow UI")
 
@@ -240,14 +305,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except ConfigError as e:
+    except (ConfigError, SpecNotFoundError, SpecError) as e:
         print(f"mpic {args.command}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
 
 
-def _run(argv: Sequence[str] | None = None) -> Any:  # pragma: no cover - `python -m ml.cli`
+def _run(argv: Sequence[str] | None = None) -> Any:  # pragma: no cover - `python -m mpic.cli`
     sys.exit(main(argv))
 
 

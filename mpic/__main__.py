@@ -1,0 +1,7 @@
+"""``python -m mpic …``: the same as the ``mpic`` console script."""
+
+import sys
+
+from mpic.cli import main
+
+sys.exit(main())
