@@ -109,7 +109,7 @@ def test_synth_libraries_and_the_old_key(raw):
     old["synth"] = {k: v for k, v in old["synth"].items() if k != "libraries"} | {"soundfonts": ["opl3"]}
     cfg = config_from_dict(old)
     assert cfg.synth.libraries == ["opl3"] == cfg.synth.soundfonts  # the pre-registry key still reads
-    with pytest.raises(ConfigError, match="synth.soundfonts is its old name"):
+    with pytest.raises(ConfigError, match=r"synth\.soundfonts is its old name"):
         config_from_dict(raw, overrides=["synth.soundfonts=[opl3]"])
     with pytest.raises(ConfigError, match="unique"):
         config_from_dict(raw, overrides=["synth.libraries=[opl3, OPL3]"])
