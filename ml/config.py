@@ -86,6 +86,11 @@ class SynthConfig(_Strict):
     workers: Annotated[int, Field(ge=1)] | None = None
     programs: dict[str, list[Annotated[int, Field(ge=0, le=127)]]] = {}
 
+    @property
+    def soundfonts(self) -> list[str]:
+        """Deprecated name of :attr:`libraries` (read-only), for callers written before the registry."""
+        return list(self.libraries)
+
     @model_validator(mode="before")
     @classmethod
     def _old_name(cls, data: Any) -> Any:

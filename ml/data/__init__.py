@@ -1,5 +1,6 @@
 """Data sets: the clip manifest, the IRMAS-layout reader, cross-validation folds and the synthesiser."""
 
+from ml.data.activity import load_activity, window_targets
 from ml.data.folds import (
     assign_folds,
     assign_manifest_folds,
@@ -10,6 +11,7 @@ from ml.data.folds import (
 )
 from ml.data.irmas import (
     GENRES,
+    MIX_DIR,
     IrmasLayoutError,
     Rejected,
     TrainTags,
@@ -20,6 +22,15 @@ from ml.data.irmas import (
     read_label_file,
     scan_irmas,
 )
+from ml.data.libraries import (
+    LIBRARIES,
+    SampleLibrary,
+    get_library,
+    installed_libraries,
+    library_family,
+    library_names,
+    resolve_library,
+)
 from ml.data.manifest import ClipRecord, Manifest, ManifestError
 from ml.data.synth import (
     DEFAULT_GM_PROGRAMS,
@@ -27,6 +38,7 @@ from ml.data.synth import (
     SynthError,
     SynthReport,
     default_soundfonts,
+    plan_mixes,
     plan_train,
     resolve_programs,
     resolve_soundfont,
@@ -37,11 +49,14 @@ __all__ = [
     "DEFAULT_GM_PROGRAMS",
     "DEFAULT_RANGES",
     "GENRES",
+    "LIBRARIES",
+    "MIX_DIR",
     "ClipRecord",
     "IrmasLayoutError",
     "Manifest",
     "ManifestError",
     "Rejected",
+    "SampleLibrary",
     "SynthError",
     "SynthReport",
     "TrainTags",
@@ -53,13 +68,21 @@ __all__ = [
     "fold_label_counts",
     "folds_table",
     "format_train_name",
+    "get_library",
+    "installed_libraries",
+    "library_family",
+    "library_names",
+    "load_activity",
     "parse_train_name",
+    "plan_mixes",
     "plan_train",
     "read_folds",
     "read_label_file",
+    "resolve_library",
     "resolve_programs",
     "resolve_soundfont",
     "scan_irmas",
     "synthesize",
+    "window_targets",
     "write_folds",
 ]

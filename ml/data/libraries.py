@@ -10,7 +10,8 @@ correlation of single notes of every label's first program): Debian's csound GM 
 samples for most instruments (cello and organ waveforms correlate 1.000, acoustic guitar 0.92, electric
 guitar 0.86, piano 0.77), so ``csound_gm`` is in family ``timgm``, not a family of its own. FluidR3_GS is
 FluidR3_GM's GS variation presets, so both are family ``fluidr3``. The OPL3 FM bank is synthesised from
-FM operators and shares nothing.
+FM operators and shares nothing; ``mpic_additive`` (:mod:`ml.data.additive`) is our own numpy
+synthesiser, its own family.
 
 The Debian ``fluid-soundfont-gs`` file holds only sound-effect variations (banks 1-8, programs 120-127)
 and one SFX drum kit; it is an add-on to FluidR3_GM. So ``fluidr3_gs`` loads both files and prefers the
@@ -100,6 +101,14 @@ LIBRARIES: Mapping[str, SampleLibrary] = MappingProxyType(
                 ("sf_GMbank.sf2",),
                 "csound-soundfont",
                 description="csound's GM bank (shares many samples with TimGM6mb)",
+            ),
+            SampleLibrary(
+                "mpic_additive",
+                "mpic_additive",
+                ADDITIVE,
+                (),
+                "ml.data.additive",
+                description="our numpy synthesiser: additive, Karplus-Strong and formant voices",
             ),
             SampleLibrary(
                 "opl3",

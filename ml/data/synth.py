@@ -39,10 +39,10 @@ import pretty_midi
 import soundfile as sf
 from tqdm import tqdm
 
-from ml.data import fx
+from ml.data import additive, fx
 from ml.data.activity import HOP_S, activity_record, clip_labels
 from ml.data.irmas import GENRES, MIX_DIR, TRAIN_DIR, format_train_name
-from ml.data.libraries import LIBRARIES, get_library, resolve_library
+from ml.data.libraries import ADDITIVE, LIBRARIES, get_library, resolve_library
 
 TEST_DIR = "IRMAS-TestingData"
 META_NAME = "synth_meta.json"
@@ -322,6 +322,8 @@ def resolve_soundfont(name_or_path: str | Path) -> Path:
         ValueError: If the path is not a registered library's file.
     """
     lib = resolve_library(_library_of(name_or_path))
+    if not lib.paths():
+        raise ValueError(f"library {lib.name!r} is a synthesiser, not a SoundFont")
     return lib.paths()[0].resolve()
 
 
@@ -479,7 +481,9 @@ class _Renderer:
         key = (library, program, is_drum)
         if key not in self._presets:
             found: Preset | None = None
-            if is_drum:
+            if get_library(library).kind == ADDITIVE:  # our synthesiser has a voice for every program
+                found = Preset(0, 128 if is_drum else 0, program, additive.voice_for(program, is_drum))
+            elif is_drum:
                 found = self._find(library, 128, program) or self._find(library, 128, 0)
             else:
                 for bank in get_library(library).melodic_banks:
@@ -520,6 +524,8 @@ class _Renderer:
         preset = self.preset(library, inst.program, inst.is_drum)
         if preset is None:
             raise SynthError(f"library {library!r} has no preset for GM program {inst.program}")
+        if get_library(library).kind == ADDITIVE:
+            return additive.render(inst, self.sample_rate, n_samples, gens), preset
         self._anchor(library)  # keep the library cached while fresh instances come and go
         synth, sfids = self._load(library)
         try:
@@ -2045,7 +2051,7 @@ def synthesize(
         "labels": labels,
         "programs": {c: list(p) for c, p in progs.items()},
         "libraries": names,
-        "soundfonts": [get_library(n).paths()[0].name for n in names],
+        "soundfonts": [next((p.name for p in get_library(n).paths()), n) for n in names],
         "clips_per_recording": clips_per_recording,
         "min_stem_dbfs": MIN_STEM_DBFS,
         "activity_hop_s": HOP_S,

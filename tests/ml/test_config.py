@@ -142,3 +142,17 @@ def test_explicit_values_win_over_the_namespace(tmp_path, raw):
     assert (cfg.mlflow.experiment, cfg.mlflow.registered_model_prefix) == ("mine", "team")
     with pytest.raises(ConfigError, match="namespace"):
         config_from_dict(raw, overrides=["namespace=../x"], base_dir=tmp_path)
+
+
+def test_synth_libraries_and_the_old_key(raw):
+    cfg = config_from_dict(raw, profile="demo", base_dir=ROOT)
+    assert {"timgm6mb", "fluidr3_gm", "csound_gm", "opl3"} <= set(cfg.synth.libraries)
+    assert cfg.synth.train_mixes > 0 and cfg.synth.test_excerpts > 0
+    old = deep_merge(raw, {})
+    old["synth"] = {k: v for k, v in old["synth"].items() if k != "libraries"} | {"soundfonts": ["opl3"]}
+    cfg = config_from_dict(old)
+    assert cfg.synth.libraries == ["opl3"] == cfg.synth.soundfonts  # the pre-registry key still reads
+    with pytest.raises(ConfigError, match=r"synth\.soundfonts is its old name"):
+        config_from_dict(raw, overrides=["synth.soundfonts=[opl3]"])
+    with pytest.raises(ConfigError, match="unique"):
+        config_from_dict(raw, overrides=["synth.libraries=[opl3, OPL3]"])

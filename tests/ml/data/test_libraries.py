@@ -26,14 +26,16 @@ def _dbfs(x: np.ndarray) -> float:
 
 
 def test_registry_names_and_families() -> None:
-    assert library_names() == ["timgm6mb", "fluidr3_gm", "fluidr3_gs", "csound_gm", "opl3"]
+    assert library_names() == ["timgm6mb", "fluidr3_gm", "fluidr3_gs", "csound_gm", "mpic_additive", "opl3"]
     assert library_family("fluidr3_gm") == library_family("fluidr3_gs") == "fluidr3"
     # csound's GM bank reuses TimGM6mb samples: one family, so holding one out holds out both
     assert library_family("csound_gm") == library_family("timgm6mb") == "timgm"
-    assert library_family("opl3") == "opl3"
+    assert library_family("opl3") == "opl3" and library_family("mpic_additive") == "mpic_additive"
     assert library_family("") == ""  # real recordings
     assert get_library("FluidR3").name == "fluidr3_gm"  # the old config name still resolves
-    with pytest.raises(ValueError, match="valid names: timgm6mb, fluidr3_gm, fluidr3_gs, csound_gm, opl3"):
+    with pytest.raises(
+        ValueError, match="valid names: timgm6mb, fluidr3_gm, fluidr3_gs, csound_gm, mpic_additive, opl3"
+    ):
         get_library("musicbox")
     with pytest.raises(ValueError, match="unknown sample library"):
         library_family("nope")
@@ -45,7 +47,7 @@ def test_missing_file_names_the_debian_package(tmp_path: Path, monkeypatch: pyte
         resolve_library("csound_gm")
     with pytest.raises(FileNotFoundError, match="fluid-soundfont-gs"):
         resolve_library("fluidr3_gs")
-    assert installed_libraries() == ["timgm6mb"]  # pretty_midi's file does not live in SF2_DIR
+    assert installed_libraries() == ["timgm6mb", "mpic_additive"]  # neither lives in SF2_DIR
 
 
 @pytest.fixture(scope="module")
@@ -92,10 +94,25 @@ def test_every_library_renders_every_label(renderer: _Renderer, name: str) -> No
             wanted.append((code, program, preset, (lo + hi) // 2))
     kit = renderer.preset(name, 0, is_drum=True)
     assert kit is not None and kit.bank == 128  # every allowed library has a standard drum kit (channel 10)
-    audio = _render_batch(name, [(p, pitch) for _, _, p, pitch in wanted], kit)
+    batch = [(p, pitch) for _, _, p, pitch in wanted]
+    if get_library(name).kind == "additive":
+        audio = _render_batch_additive(renderer, batch, kit)
+    else:
+        audio = _render_batch(name, batch, kit)
     for (code, program, _, _), x in zip(wanted, audio, strict=False):
         assert _dbfs(x) > -50.0, (name, code, program, _dbfs(x))
     assert _dbfs(audio[-1]) > -60.0, (name, "drums")
+
+
+def _render_batch_additive(
+    renderer: _Renderer, presets: list[tuple[Preset, int]], drums: Preset | None
+) -> list[np.ndarray]:
+    out = []
+    for preset, pitch in [*presets, *([(drums, 38)] if drums else [])]:
+        inst = pretty_midi.Instrument(program=preset.program, is_drum=preset.bank == 128)
+        inst.notes.append(pretty_midi.Note(velocity=100, pitch=pitch, start=0.0, end=0.25))
+        out.append(renderer.render(inst, "mpic_additive", SR // 4)[0])
+    return out
 
 
 def test_renderer_path_renders_a_label(renderer: _Renderer) -> None:
@@ -127,3 +144,27 @@ def test_fallbacks_are_recorded(renderer: _Renderer) -> None:
         return float(spec[len(spec) // 4 :].sum() / spec.sum())
 
     assert hf(dark) < 0.7 * hf(dry)
+
+
+def test_additive_voices_are_deterministic_and_pitched() -> None:
+    from ml.data import additive
+
+    for program, pitch in ((40, 76), (71, 69), (24, 60), (52, 63), (0, 64), (56, 67)):
+        inst = pretty_midi.Instrument(program=program)
+        inst.notes.append(pretty_midi.Note(velocity=90, pitch=pitch, start=0.0, end=0.5))
+        a = additive.render(inst, SR, SR // 2)
+        b = additive.render(inst, SR, SR // 2)
+        assert np.array_equal(a, b) and a.shape == (2, SR // 2)
+        seg = a[0, SR // 10 : SR // 2].astype(np.float64)
+        spec = np.abs(np.fft.rfft(seg * np.hanning(len(seg)), 1 << 15))
+        freqs = np.fft.rfftfreq(1 << 15, 1 / SR)
+        f0 = 440 * 2 ** ((pitch - 69) / 12)
+        harmonics = [spec[np.argmin(np.abs(freqs - h * f0))] for h in (1, 2, 3)]
+        assert max(harmonics) > 0.2 * spec[freqs > 50].max(), (
+            program,
+            pitch,
+        )  # energy at the note's harmonics
+    other = pretty_midi.Instrument(program=40)
+    other.notes.append(pretty_midi.Note(velocity=90, pitch=77, start=0.0, end=0.5))
+    assert not np.array_equal(additive.render(other, SR, SR // 2), a)
+    assert additive.voice_for(73) == "flute" and additive.voice_for(0, is_drum=True) == "drums"
