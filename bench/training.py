@@ -405,8 +405,7 @@ def bare_loop(cfg: Config, member: str, data: Any, fold: int, *, threads: int) -
     use_amp = tc.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     gen = torch.Generator().manual_seed(tc.seed * 7919 + fold)
-    cropper = _Cropper(data.store, round(tc.crop_s * sr), device)
-    targets = torch.from_numpy(data.targets)
+    cropper = _Cropper(data, round(tc.crop_s * sr), device, tc.crop_min_active)
     genre = torch.from_numpy(data.genre)
     tempo = torch.from_numpy(data.store.tempo.astype(np.float32))
     train_t = torch.from_numpy(data.split(fold)[0])
@@ -428,9 +427,10 @@ def bare_loop(cfg: Config, member: str, data: Any, fold: int, *, threads: int) -
             idx = perm[a : a + bs]
             if len(idx) < min(bs, len(perm)):
                 idx = torch.cat([idx, perm[: bs - len(idx)]])
+            wave, target = cropper(idx, gen)
             batch = Batch(
-                wave=cropper(idx, gen),
-                target=targets[idx].to(device),
+                wave=wave,
+                target=target,
                 genre=genre[idx].to(device),
                 tempo=tempo[idx].to(device),
             )
