@@ -64,6 +64,8 @@ class MpicModel(nn.Module):
         fixed_frames: True when the network only accepts ``n_frames`` frames (a Flatten → Dense head, as in
             the seed models); such models run on fixed windows, which is how inference works anyway.
         min_frames: Fewest frames a variable-length model accepts.
+        front_end_kinds: The front-end kinds the model works with (None: any); a pretrained network only
+            understands the input it was trained on.
 
     Subclasses implement :meth:`logits`. :meth:`forward` checks the input shape and, on CPU in eval mode,
     runs large batches in chunks of ``cpu_chunk`` examples: the results are identical, and on a 2-core CPU a
@@ -74,6 +76,7 @@ class MpicModel(nn.Module):
     param_range: ClassVar[tuple[int, int]] = (0, 10**9)
     fixed_frames: ClassVar[bool] = False
     min_frames: ClassVar[int] = 1
+    front_end_kinds: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, n_classes: int, n_bins: int, n_frames: int, args: BaseModel) -> None:
         super().__init__()
