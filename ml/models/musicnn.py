@@ -33,6 +33,7 @@ and the trunk is re-read from the wheel, whose SHA-256 is checked, when the mode
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Annotated, ClassVar, Literal, Self
 
 import numpy as np
@@ -225,8 +226,11 @@ class MusicnnArgs(ModelArgs):
     wheel: str | None = None
     """The musicnn wheel; null: ``$MPIC_MUSICNN_WHEEL`` or ``.cache/mpic/wheels/`` (relative paths are
     relative to the project directory). ``$MPIC_MUSICNN_WHEEL`` wins when set."""
-    cpu_chunk: Annotated[int, Field(ge=0)] = 16
-    """Eval-mode CPU batches run in chunks of this many examples (0: never); results are identical."""
+    cpu_chunk_frames: Annotated[int, Field(ge=0)] = 256
+    """On CPU the trunk runs on chunks of about this many frames (whole examples, at least one; 0: the whole
+    batch at once); results are identical. Its timbral maps are ~48 kB per frame, and keeping a chunk's in
+    the CPU caches makes a batch of 32 3-s windows 3x cheaper than one pass (measured: 44 vs 134 CPU-ms per
+    window)."""
 
 
 @MODELS.register("musicnn")
@@ -249,7 +253,7 @@ class Musicnn(MpicModel):
             raise ValueError(
                 f"musicnn needs the musicnn_mel front end ({_N_MELS} mel bands), got {n_bins} bins"
             )
-        self.cpu_chunk = args.cpu_chunk
+        self.cpu_chunk_frames = args.cpu_chunk_frames  # the base class's per-example chunking stays off
         self.freeze = args.freeze
         self.embedding: Embedding = args.embedding
         self.trunk = pretrained_trunk(args.weights, wheel=args.wheel, freeze=args.freeze)
@@ -266,12 +270,12 @@ class Musicnn(MpicModel):
         upto: Literal["pooled", "penultimate", "logits"] = (
             "logits" if self.embedding == "taggram" else self.embedding
         )
-        if self.freeze:
-            with torch.no_grad():
-                out = self.trunk(feats, upto=upto)
-        else:
-            out = self.trunk(feats, upto=upto)
-        return torch.sigmoid(out["logits"]) if self.embedding == "taggram" else out[self.embedding]
+        key = "logits" if self.embedding == "taggram" else self.embedding
+        chunk = max(1, self.cpu_chunk_frames // feats.shape[3]) if self.cpu_chunk_frames else 0
+        parts = feats.split(chunk) if feats.device.type == "cpu" and 0 < chunk < feats.shape[0] else [feats]
+        with torch.no_grad() if self.freeze else nullcontext():
+            emb = torch.cat([self.trunk(p, upto=upto)[key] for p in parts])
+        return torch.sigmoid(emb) if self.embedding == "taggram" else emb
 
     def logits(self, feats: Tensor) -> Tensor:
         """(B, 1, 96, T) → (B, n_classes)."""
