@@ -112,6 +112,23 @@ class MpicModel(nn.Module):
             return torch.cat([self.logits(part) for part in feats.split(chunk)])
         return self.logits(feats)
 
+    def frozen_embedding_key(self) -> str | None:
+        """Identity of a fixed (pretrained, frozen) part this model applies before its trained head.
+
+        Models returning the same key compute the same :meth:`embed` of the same features, so the fold
+        models of a member can share it (:class:`ml.inference.Predictor` runs it once per batch); None (the
+        default): everything is trained, nothing to share.
+        """
+        return None
+
+    def embed(self, feats: Tensor) -> Tensor:
+        """The frozen part's output for features (B, 1, n_bins, T) (models with a frozen embedding only)."""
+        raise NotImplementedError(f"{type(self).__name__} has no frozen embedding")
+
+    def head_logits(self, emb: Tensor) -> Tensor:
+        """Logits (B, n_classes) of an :meth:`embed` output (models with a frozen embedding only)."""
+        raise NotImplementedError(f"{type(self).__name__} has no frozen embedding")
+
     def extra_repr(self) -> str:
         """Summary shown by ``print(module)``."""
         return f"n_classes={self.n_classes}, n_bins={self.n_bins}, n_frames={self.n_frames}"

@@ -255,6 +255,7 @@ class Musicnn(MpicModel):
             )
         self.cpu_chunk_frames = args.cpu_chunk_frames  # the base class's per-example chunking stays off
         self.freeze = args.freeze
+        self.weights = args.weights
         self.embedding: Embedding = args.embedding
         self.trunk = pretrained_trunk(args.weights, wheel=args.wheel, freeze=args.freeze)
         dim = EMBEDDING_SIZES[args.embedding]
@@ -276,6 +277,14 @@ class Musicnn(MpicModel):
         with torch.no_grad() if self.freeze else nullcontext():
             emb = torch.cat([self.trunk(p, upto=upto)[key] for p in parts])
         return torch.sigmoid(emb) if self.embedding == "taggram" else emb
+
+    def frozen_embedding_key(self) -> str | None:
+        """``musicnn/<weights>/<embedding>`` when the trunk is frozen (fold models share it), else None."""
+        return f"musicnn/{self.weights}/{self.embedding}" if self.freeze else None
+
+    def head_logits(self, emb: Tensor) -> Tensor:
+        """Logits (B, n_classes) of an embedding from :meth:`embed`."""
+        return self.head(emb)
 
     def logits(self, feats: Tensor) -> Tensor:
         """(B, 1, 96, T) → (B, n_classes)."""

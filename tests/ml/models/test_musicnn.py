@@ -362,3 +362,31 @@ def test_wrong_front_end_is_refused(cfg):
     spec["sample_rate"] = cfg.front_ends["mel_fast"].sample_rate
     with pytest.raises(ConfigError, match="musicnn_mel"):
         classifier_from_spec(spec)
+
+
+def test_predictor_shares_the_frozen_trunk_between_fold_models(cfg):
+    from ml.inference import Predictor
+
+    torch.manual_seed(1)
+    folds = [build_classifier(cfg, "mn_mtt").eval() for _ in range(3)]  # different random heads
+    pred = Predictor("mn_mtt", folds, cfg.label_codes, window_s=1.0, hop_s=1.0)
+    assert pred.shared_embedding
+    calls = [0, 0, 0]
+    for i, m in enumerate(folds):
+        original = m.model.trunk.forward
+
+        def counting(*a, i=i, original=original, **k):
+            calls[i] += 1
+            return original(*a, **k)
+
+        m.model.trunk.forward = counting  # type: ignore[method-assign]
+    x = 0.1 * torch.randn(5, SR)
+    scores = pred.score_windows(x)
+    assert calls[0] >= 1 and calls[1:] == [0, 0]  # the first fold model's trunk serves all three heads
+    with torch.inference_mode():
+        expected = torch.stack([torch.sigmoid(m(x)) for m in folds]).mean(0)
+    np.testing.assert_allclose(scores, expected.numpy(), rtol=0, atol=1e-6)
+    c = cfg.model_copy(update={"models": {**cfg.models, "musicnn": {"freeze": False}}})
+    assert not Predictor(
+        "mn_mtt", [build_classifier(c, "mn_mtt")], cfg.label_codes, window_s=1.0, hop_s=1.0
+    ).shared_embedding
