@@ -36,6 +36,8 @@ RUN mkdir -p ml serve ray_jobs mpic \
     && touch ml/__init__.py serve/__init__.py ray_jobs/__init__.py mpic/__init__.py \
     && pip install --no-cache-dir -q -e . \
     && rm -rf ml serve ray_jobs mpic mpic.egg-info
+# Pretrained weights shipped in a PyPI wheel, downloaded only (as `make pretrained`; .cache is not copied).
+RUN pip download --no-cache-dir -q --no-deps musicnn==0.1.0 -d .cache/mpic/wheels
 COPY --chown=ray:users . .
 RUN pip install --no-cache-dir -q --no-deps -e . \
     && python -c "import ml.config, serve.app, ray_jobs.train, mpic.cli; print('mpic installed')"

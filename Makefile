@@ -10,9 +10,12 @@ PROFILE ?= demo
 ARGS ?=
 # Debian packages: audio I/O, the FluidSynth renderer, the sample libraries (FluidR3 GM/GS, csound GM, OPL3 FM), headless Chromium (browser tests)
 APT_PACKAGES := libsndfile1 libfluidsynth3 fluid-soundfont-gm fluid-soundfont-gs csound-soundfont opl3-soundfont chromium
+# Pretrained weights that ship inside PyPI packages, downloaded (not installed) once; ml/pretrained/ reads them
+WHEELS_DIR := .cache/mpic/wheels
+MUSICNN_WHEEL := $(WHEELS_DIR)/musicnn-0.1.0-py3-none-any.whl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup system-deps test test-fast lint format run data train fuse evaluate serve mlflow bench gpu-check clean
+.PHONY: help setup system-deps pretrained test test-fast lint format run data train fuse evaluate serve mlflow bench gpu-check clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -30,7 +33,13 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -e '.[dev]'
 	@touch $@
 
-setup: system-deps $(VENV)/.installed ## a .venv with the project (editable) and dev tools, plus Debian packages
+# musicnn's wheel pins numpy<1.17 and TensorFlow, so it is only downloaded: its TF checkpoints are read directly
+$(MUSICNN_WHEEL): | $(VENV)/.installed
+	$(PY) -m pip download -q --no-deps musicnn==0.1.0 -d $(WHEELS_DIR)
+
+pretrained: $(MUSICNN_WHEEL) ## download pretrained weights from PyPI (the musicnn wheel, 29 MB) once
+
+setup: system-deps $(VENV)/.installed pretrained ## a .venv with the project (editable) and dev tools, Debian packages, pretrained weights
 
 test: setup ## run the whole test suite
 	$(PY) -m pytest -q

@@ -179,7 +179,28 @@ class CqtConfig(_Strict):
         return self
 
 
-FrontEndConfig = Annotated[MelConfig | CqtConfig, Field(discriminator="kind")]
+class MusicnnMelConfig(_Strict):
+    """musicnn's input (Pons & Serra 2019): 16 kHz, 512-point FFT, hop 256, 96 mels, log10(10000 x + 1).
+
+    The pretrained ``musicnn`` trunk only works on exactly this representation, so everything but the level
+    handling, the padding and SpecAugment is fixed.
+    """
+
+    kind: Literal["musicnn_mel"] = "musicnn_mel"
+    sample_rate: Literal[16000] = 16000
+    n_fft: Literal[512] = 512
+    hop_length: Literal[256] = 256
+    n_mels: Literal[96] = 96
+    # RMS every wave is scaled to before analysis (-20 dBFS, as the other front ends); null keeps the input
+    # level as musicnn's extractor does (its training audio was commercial music at roughly that level).
+    target_rms: Annotated[float, Field(gt=0)] | None = 0.1
+    # centred frames: "reflect" as the librosa releases musicnn was trained with; "constant" = zeros
+    pad_mode: Literal["reflect", "constant"] = "reflect"
+    spec_augment: SpecAugmentConfig = SpecAugmentConfig()
+
+
+AnyFrontEndConfig = MelConfig | CqtConfig | MusicnnMelConfig
+FrontEndConfig = Annotated[AnyFrontEndConfig, Field(discriminator="kind")]
 
 
 class AugmentStep(BaseModel):
@@ -492,11 +513,13 @@ class Config(_Strict):
 
 # ---- loading ---------------------------------------------------------------------------------------
 
+_FRONT_END_KINDS = {"mel", "cqt", "musicnn_mel"}  # discriminator tags pydantic puts in error locations
+
 
 def _format_errors(e: ValidationError, prefix: str = "") -> str:
     lines = []
     for err in e.errors():
-        path = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in {"mel", "cqt"}))
+        path = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in _FRONT_END_KINDS))
         if prefix:
             path = f"{prefix}.{path}" if path else prefix
         msg = err["msg"]

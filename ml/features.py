@@ -26,12 +26,13 @@ from __future__ import annotations
 from contextlib import nullcontext
 from typing import ClassVar
 
+import numpy as np
 import torch
 import torchaudio.functional as AF
 from nnAudio.features.cqt import CQT1992v2
 from torch import Tensor, nn
 
-from ml.config import CqtConfig, MelConfig, SpecAugmentConfig
+from ml.config import AnyFrontEndConfig, CqtConfig, MelConfig, MusicnnMelConfig, SpecAugmentConfig
 from ml.registry import Registry
 
 TARGET_RMS = 0.1
@@ -86,14 +87,15 @@ class FrontEnd(nn.Module):
     n_bins: int
     hop_length: int
 
-    def __init__(self, cfg: MelConfig | CqtConfig) -> None:
+    def __init__(self, cfg: AnyFrontEndConfig) -> None:
         super().__init__()
         self.config = cfg
         self.sample_rate = cfg.sample_rate
         self.hop_length = cfg.hop_length
-        self.n_bins = cfg.n_mels if isinstance(cfg, MelConfig) else cfg.n_bins
-        self.top_db = float(cfg.top_db)
-        self.norm = cfg.norm
+        self.n_bins = cfg.n_bins if isinstance(cfg, CqtConfig) else cfg.n_mels
+        # front ends without a dB scale (musicnn_mel) override forward and use neither
+        self.top_db = float(getattr(cfg, "top_db", 0.0))
+        self.norm: str = getattr(cfg, "norm", "none")
         self.spec_augment: SpecAugmentConfig = cfg.spec_augment
 
     def frames(self, n_samples: int) -> int:
@@ -122,12 +124,7 @@ class FrontEnd(nn.Module):
         Returns:
             (B, 1, n_bins, T) float32 features with ``T == self.frames(S)``.
         """
-        if wave.ndim != 2:
-            raise ValueError(
-                f"{type(self).__name__} expects waves shaped (batch, samples), got {tuple(wave.shape)}"
-            )
-        if wave.shape[-1] == 0:
-            raise ValueError("cannot compute features of an empty wave")
+        self._check_wave(wave)
         dev = wave.device.type
         fp32 = torch.autocast(dev, enabled=False) if torch.amp.is_autocast_available(dev) else nullcontext()
         with fp32:
@@ -148,6 +145,14 @@ class FrontEnd(nn.Module):
             if self.training:
                 spec = self._mask(spec, generator)
         return spec.unsqueeze(1)
+
+    def _check_wave(self, wave: Tensor) -> None:
+        if wave.ndim != 2:
+            raise ValueError(
+                f"{type(self).__name__} expects waves shaped (batch, samples), got {tuple(wave.shape)}"
+            )
+        if wave.shape[-1] == 0:
+            raise ValueError("cannot compute features of an empty wave")
 
     def _mask(self, spec: Tensor, generator: torch.Generator | None) -> Tensor:
         sa = self.spec_augment
@@ -282,11 +287,116 @@ class CqtFrontEnd(FrontEnd):
         return (self.f_min * 2.0 ** (k / self.bins_per_octave)).float()
 
 
-def build_front_end(cfg: MelConfig | CqtConfig) -> FrontEnd:
+def slaney_mel_filterbank(
+    sample_rate: int, n_fft: int, n_mels: int, f_min: float = 0.0, f_max: float | None = None
+) -> np.ndarray:
+    """Librosa's default mel filter bank (Slaney mel scale, Slaney area normalisation), computed in float64.
+
+    The same numbers as ``librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels, fmin=f_min,
+    fmax=f_max)`` without depending on librosa.
+
+    Returns:
+        (n_fft // 2 + 1, n_mels) float32 weights: power spectrum frames @ weights = mel power.
+    """
+    f_max = sample_rate / 2 if f_max is None else f_max
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, np.log(6.4) / 27.0
+
+    def hz_to_mel(f: np.ndarray) -> np.ndarray:
+        return np.where(
+            f >= min_log_hz, min_log_mel + np.log(np.maximum(f, 1e-10) / min_log_hz) / logstep, f / f_sp
+        )
+
+    def mel_to_hz(m: np.ndarray) -> np.ndarray:
+        return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
+
+    mels = np.linspace(hz_to_mel(np.array(f_min)), hz_to_mel(np.array(f_max)), n_mels + 2)
+    mel_f = mel_to_hz(mels)
+    fft_f = np.fft.rfftfreq(n_fft, d=1.0 / sample_rate)
+    fdiff = np.diff(mel_f)
+    ramps = mel_f[:, None] - fft_f[None, :]
+    lower = -ramps[:-2] / fdiff[:-1, None]
+    upper = ramps[2:] / fdiff[1:, None]
+    weights = np.maximum(0.0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_f[2:] - mel_f[:-2]))[:, None]
+    return np.ascontiguousarray(weights.T, dtype=np.float32)
+
+
+@FRONT_ENDS.register("musicnn_mel")
+class MusicnnMelFrontEnd(FrontEnd):
+    """musicnn's input: 96 Slaney mels of a 512-point STFT at 16 kHz, hop 256, as log10(10000 x + 1).
+
+    The numbers of ``musicnn/extractor.py`` (librosa ``melspectrogram`` with its defaults: periodic Hann
+    window, centred frames, power 2) with two deliberate differences: the log compression is done in float32
+    (musicnn casts the mel power to float16 first, which overflows to inf above ~6.5, i.e. on loud input,
+    and makes every embedding the same), and waves are RMS-normalised to ``target_rms`` first unless that is
+    null. Centred frames are padded by reflection (the default of the librosa releases musicnn was trained
+    with); waves of at most ``n_fft / 2`` samples, too short to reflect, are zero-padded. There is no dB
+    clipping or per-example normalisation: the pretrained network's own input BatchNorm expects these values.
+    """
+
+    kind = "musicnn_mel"
+    fb: Tensor  # (n_fft // 2 + 1, n_mels)
+    window: Tensor  # (n_fft,) periodic Hann
+
+    def __init__(self, cfg: MusicnnMelConfig) -> None:
+        super().__init__(cfg)
+        self.n_fft = cfg.n_fft
+        self.target_rms = cfg.target_rms
+        self.pad_mode = cfg.pad_mode
+        fb = slaney_mel_filterbank(cfg.sample_rate, cfg.n_fft, cfg.n_mels)
+        self.register_buffer("fb", torch.from_numpy(fb), persistent=False)
+        self.register_buffer("window", torch.hann_window(cfg.n_fft), persistent=False)
+
+    def power(self, wave: Tensor) -> Tensor:
+        """Mel power spectrogram (B, n_mels, T) of float32 waves (B, S), ``T = 1 + S // hop``."""
+        half = self.n_fft // 2
+        mode = self.pad_mode if wave.shape[-1] > half else "constant"
+        padded = nn.functional.pad(wave[:, None, :], (half, half), mode=mode)[:, 0]
+        frames = padded.unfold(-1, self.n_fft, self.hop_length)  # (B, T, n_fft)
+        spec = torch.fft.rfft(frames * self.window)
+        power = spec.real.square() + spec.imag.square()
+        return torch.matmul(power, self.fb).transpose(1, 2).contiguous()
+
+    def db(self, wave: Tensor) -> Tensor:
+        """The compressed spectrogram log10(10000 x + 1) (B, n_mels, T); not in dB despite the name."""
+        return torch.log10(self.power(wave) * 10000.0 + 1.0)
+
+    def cpu_chunk(self, n_samples: int) -> int:
+        """Examples per ~4 MB of complex spectrum (about 30 one-second windows)."""
+        per_example = self.frames(n_samples) * (self.n_fft // 2 + 1) * 8
+        return max(1, _CPU_CHUNK_BYTES // per_example)
+
+    def forward(self, wave: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Features (B, 1, 96, T) of waves (B, S) at 16 kHz; SpecAugment masks in training mode only."""
+        self._check_wave(wave)
+        dev = wave.device.type
+        fp32 = torch.autocast(dev, enabled=False) if torch.amp.is_autocast_available(dev) else nullcontext()
+        with fp32:
+            x = wave.float()
+            if self.target_rms is not None:
+                x = rms_normalise(x, self.target_rms)
+            chunk = self.cpu_chunk(x.shape[-1]) if x.device.type == "cpu" else 0
+            if 0 < chunk < x.shape[0]:
+                spec = torch.cat([self.db(part) for part in x.split(chunk)])
+            else:
+                spec = self.db(x)
+            if self.training:
+                spec = self._mask(spec, generator)
+        return spec.unsqueeze(1)
+
+    def extra_repr(self) -> str:
+        """Summary shown by ``print(module)``."""
+        return f"sample_rate={self.sample_rate}, n_bins={self.n_bins}, hop_length={self.hop_length}, " + (
+            f"target_rms={self.target_rms}, pad_mode={self.pad_mode!r}"
+        )
+
+
+def build_front_end(cfg: AnyFrontEndConfig) -> FrontEnd:
     """Instantiate the front end registered under ``cfg.kind`` (in training mode, like any new module)."""
     return FRONT_ENDS.get(cfg.kind)(cfg)
 
 
-def window_frames(cfg: MelConfig | CqtConfig, window_s: float) -> int:
+def window_frames(cfg: AnyFrontEndConfig, window_s: float) -> int:
     """Feature frames of a ``window_s``-second window (``1 + samples // hop``) without building the module."""
     return 1 + round(window_s * cfg.sample_rate) // cfg.hop_length

@@ -189,6 +189,10 @@ class Predictor:
         # for small models).
         fe_configs = {_front_end_key(m) for m in self.models}
         self.shared_front_end = len(fe_configs) == 1 and None not in fe_configs
+        # Likewise a frozen pretrained trunk (musicnn) common to the fold models runs once per batch and
+        # only the trained heads run per fold model: the trunk is nearly all of such a member's cost.
+        emb_keys = {_embedding_key(m) for m in self.models}
+        self.shared_embedding = self.shared_front_end and len(emb_keys) == 1 and None not in emb_keys
 
     @classmethod
     def from_checkpoints(
@@ -234,7 +238,11 @@ class Predictor:
         for a in range(0, x.shape[0], self.batch_size):
             xb = x[a : a + self.batch_size].to(self.device, non_blocking=True)
             acc = torch.zeros(xb.shape[0], len(self.labels), device=self.device)
-            if self.shared_front_end:
+            if self.shared_embedding:
+                emb = self.models[0].model.embed(self.models[0].front_end(xb))
+                for m in self.models:
+                    acc += torch.sigmoid(m.model.head_logits(emb).float())
+            elif self.shared_front_end:
                 feats = self.models[0].front_end(xb)
                 for m in self.models:
                     acc += torch.sigmoid(m.model(feats).float())
@@ -297,6 +305,12 @@ def _front_end_key(model: Any) -> str | None:
         return None
     config = getattr(fe, "config", None)
     return None if config is None else config.model_dump_json()
+
+
+def _embedding_key(model: Any) -> str | None:
+    """A classifier's frozen-embedding identity (:meth:`ml.models.MpicModel.frozen_embedding_key`) or None."""
+    key_fn = getattr(getattr(model, "model", None), "frozen_embedding_key", None)
+    return key_fn() if callable(key_fn) else None
 
 
 def member_dirs(runs_dir: str | Path, member: str) -> list[Path]:

@@ -13,8 +13,9 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 from torch import Tensor, nn
 
-from ml.config import Config, ConfigError, CqtConfig, FrontEndConfig, MelConfig
+from ml.config import AnyFrontEndConfig, Config, ConfigError, FrontEndConfig
 from ml.features import FrontEnd, build_front_end
+from ml.models import musicnn as _musicnn  # noqa: F401  (registers "musicnn")
 from ml.models import rescnn as _rescnn  # noqa: F401  (registers "rescnn")
 from ml.models import seed as _seed  # noqa: F401  (registers "model2", "model3")
 from ml.models.base import MODELS, ModelArgs, MpicModel, build_model, count_parameters, validate_args
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 SPEC_VERSION = 1
-_FRONT_END_ADAPTER: TypeAdapter[MelConfig | CqtConfig] = TypeAdapter(FrontEndConfig)
+_FRONT_END_ADAPTER: TypeAdapter[AnyFrontEndConfig] = TypeAdapter(FrontEndConfig)
 
 
 class Classifier(nn.Module):
@@ -155,6 +156,12 @@ def classifier_from_spec(spec: Mapping[str, Any]) -> Classifier:
     labels = [str(x) for x in spec["labels"]]
     n_frames = front_end.frames(round(window_s * front_end.sample_rate))
     arch = str(spec["arch"])
+    kinds = MODELS.get(arch).front_end_kinds if arch in MODELS else None
+    if kinds is not None and front_end.kind not in kinds:
+        raise ConfigError(
+            f"classifier spec: architecture {arch!r} needs a front end of kind {list(kinds)}, "
+            f"got {front_end.kind!r}"
+        )
     model = build_model(
         arch, spec["arch_args"], n_classes=len(labels), n_bins=front_end.n_bins, n_frames=n_frames
     )

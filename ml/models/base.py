@@ -64,6 +64,8 @@ class MpicModel(nn.Module):
         fixed_frames: True when the network only accepts ``n_frames`` frames (a Flatten → Dense head, as in
             the seed models); such models run on fixed windows, which is how inference works anyway.
         min_frames: Fewest frames a variable-length model accepts.
+        front_end_kinds: The front-end kinds the model works with (None: any); a pretrained network only
+            understands the input it was trained on.
 
     Subclasses implement :meth:`logits`. :meth:`forward` checks the input shape and, on CPU in eval mode,
     runs large batches in chunks of ``cpu_chunk`` examples: the results are identical, and on a 2-core CPU a
@@ -74,6 +76,7 @@ class MpicModel(nn.Module):
     param_range: ClassVar[tuple[int, int]] = (0, 10**9)
     fixed_frames: ClassVar[bool] = False
     min_frames: ClassVar[int] = 1
+    front_end_kinds: ClassVar[tuple[str, ...] | None] = None
 
     def __init__(self, n_classes: int, n_bins: int, n_frames: int, args: BaseModel) -> None:
         super().__init__()
@@ -108,6 +111,23 @@ class MpicModel(nn.Module):
         if chunk and not self.training and feats.device.type == "cpu" and feats.shape[0] > chunk:
             return torch.cat([self.logits(part) for part in feats.split(chunk)])
         return self.logits(feats)
+
+    def frozen_embedding_key(self) -> str | None:
+        """Identity of a fixed (pretrained, frozen) part this model applies before its trained head.
+
+        Models returning the same key compute the same :meth:`embed` of the same features, so the fold
+        models of a member can share it (:class:`ml.inference.Predictor` runs it once per batch); None (the
+        default): everything is trained, nothing to share.
+        """
+        return None
+
+    def embed(self, feats: Tensor) -> Tensor:
+        """The frozen part's output for features (B, 1, n_bins, T) (models with a frozen embedding only)."""
+        raise NotImplementedError(f"{type(self).__name__} has no frozen embedding")
+
+    def head_logits(self, emb: Tensor) -> Tensor:
+        """Logits (B, n_classes) of an :meth:`embed` output (models with a frozen embedding only)."""
+        raise NotImplementedError(f"{type(self).__name__} has no frozen embedding")
 
     def extra_repr(self) -> str:
         """Summary shown by ``print(module)``."""
