@@ -261,7 +261,7 @@ def run_lolo(
                     "epochs": res.epochs_run,
                     "best_epoch": res.best_epoch,
                     "train_s": round(sum(h.get("train_s", 0.0) for h in res.history), 1),
-                    **{k2: round(float(v), 4) for k2, v in res.metrics.items()},
+                    **{k2: round(float(v), 4) for k2, v in res.metrics.items() if k2.startswith("val_")},
                 }
                 log(f"[lolo] holdout {fam}: {m} fold {k}: {training[f'{m}/fold{k}']}")
         train_s = time.perf_counter() - t0
