@@ -511,6 +511,10 @@ def error_line(command: str, exc: BaseException) -> str:
     msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
     if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in msg:
         msg = f"{msg}: {exc.filename}"
+    # one line: "invalid configuration:\n  a: why\n  b: why" → "invalid configuration: a: why; b: why"
+    lines = [line.strip() for line in str(msg).splitlines() if line.strip()]
+    if len(lines) > 1:
+        msg = f"{lines[0]} {'; '.join(lines[1:])}" if lines[0].endswith(":") else "; ".join(lines)
     return f"mpic {command}: {msg or type(exc).__name__}"
 
 
