@@ -78,6 +78,13 @@ class Audio:
 
 Source = bytes | bytearray | memoryview | str | Path | BinaryIO
 
+AUDIO_EXTENSIONS = frozenset(
+    {".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".au", ".snd"}
+    | {".caf", ".w64", ".rf64"}
+)
+"""File name extensions (lower case) of the formats :func:`decode` reads through libsndfile, used to pick
+audio files out of folders (``mpic predict DIR``). A file given by name is decoded whatever its name."""
+
 _BLOCK_SAMPLES = 1 << 20  # samples (frames x channels) read at once: 4 MB of float32
 
 

@@ -19,23 +19,82 @@ import numpy as np
 from ml import metrics
 from ml.config import Config
 from ml.data.cache import build_store
-from ml.data.irmas import build_manifest
+from ml.data.irmas import TEST_DIR_PREFIX, TRAIN_DIR, build_manifest, read_label_file
 from ml.ensemble import EnsembleSpec, load_spec
 from ml.inference import Predictor
 
 
+class EvaluationDataError(ValueError):
+    """A ``--data`` folder without usable testing excerpts; the message says what was expected."""
+
+
+EXPECTED_LAYOUT = (
+    "expected IRMAS-TestingData*/NAME.wav + NAME.txt folders, or a plain folder of NAME.wav + NAME.txt "
+    "pairs (the .txt lists the label codes present, one per line)"
+)
+
+
 def test_excerpts(cfg: Config, data_root: Path | None = None) -> tuple[list[Path], np.ndarray]:
-    """Absolute paths and (N, C) labels of the testing excerpts under ``data_root``."""
+    """Absolute paths and (N, C) labels of the testing excerpts under ``data_root``.
+
+    ``data_root`` is either an IRMAS layout (``IRMAS-TestingData*`` folders, read through the manifest)
+    or a plain folder of audio files each with a ``NAME.txt`` label file beside it (searched
+    recursively), like the IRMAS test folders themselves.
+
+    Raises:
+        FileNotFoundError: ``data_root`` is not a folder.
+        EvaluationDataError: No excerpts, or a plain folder with unlabelled audio or unknown label codes.
+    """
     root = Path(data_root or cfg.data.test_root or cfg.data.root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no such data folder: {root}")
+    if not any(p.is_dir() and p.name.startswith((TEST_DIR_PREFIX, TRAIN_DIR)) for p in root.iterdir()):
+        return plain_excerpts(root, cfg.label_codes)
     manifest = build_manifest(
         root, cfg.label_codes, cache_path=cfg.data.cache_dir / f"manifest-{_slug(root)}.csv"
     )
     test = manifest.filter(split="test")
     if len(test) == 0:
-        raise ValueError(
-            f"no testing excerpts under {root} (expected IRMAS-TestingData*/NAME.wav + NAME.txt)"
-        )
+        raise EvaluationDataError(f"no testing excerpts under {root} ({EXPECTED_LAYOUT})")
     return [test.abspath(r) for r in test], test.label_matrix(cfg.label_codes)
+
+
+def plain_excerpts(root: Path, labels: Sequence[str]) -> tuple[list[Path], np.ndarray]:
+    """The audio files under ``root`` and their labels from the ``NAME.txt`` beside each (see above).
+
+    Every audio file must have its label file: an evaluation that silently dropped excerpts would
+    report metrics of another test set.
+    """
+    from ml.batch import BatchError, discover
+
+    try:
+        audio = discover([root])
+    except BatchError:
+        raise EvaluationDataError(f"no testing excerpts under {root} ({EXPECTED_LAYOUT})") from None
+    order = {c: i for i, c in enumerate(labels)}
+    y = np.zeros((len(audio), len(labels)), dtype=np.float32)
+    unlabelled: list[str] = []
+    bad: list[str] = []
+    for i, wav in enumerate(audio):
+        txt = wav.with_suffix(".txt")
+        if not txt.is_file():
+            unlabelled.append(wav.name)
+            continue
+        codes = read_label_file(txt)
+        unknown = [c for c in codes if c not in order]
+        if unknown or not codes:
+            bad.append(f"{txt.name}: {f'unknown codes {unknown}' if unknown else 'no labels'}")
+            continue
+        for c in codes:
+            y[i, order[c]] = 1.0
+    if unlabelled:
+        raise EvaluationDataError(
+            f"{len(unlabelled)} audio file(s) under {root} have no NAME.txt label file, e.g. "
+            f"{unlabelled[:3]} ({EXPECTED_LAYOUT})"
+        )
+    if bad:
+        raise EvaluationDataError(f"bad label files under {root}: {bad[:3]}; valid codes: {list(labels)}")
+    return [p.resolve() for p in audio], y
 
 
 def _slug(p: Path) -> str:
@@ -59,15 +118,18 @@ def evaluate(
     members: Sequence[str] | None = None,
     spec: EnsembleSpec | None = None,
     device: str = "cpu",
+    allow_untrained: bool = False,
 ) -> dict[str, Any]:
     """Evaluate members and the fused ensemble; returns a JSON-serialisable report.
 
     Args:
         cfg: Project configuration.
-        data_root: Folder holding ``IRMAS-TestingData*`` (default: ``data.test_root`` or ``data.root``).
+        data_root: Folder holding ``IRMAS-TestingData*``, or a plain folder of ``NAME.wav`` + ``NAME.txt``
+            pairs (default: ``data.test_root`` or ``data.root``; see :func:`test_excerpts`).
         members: Members to report (default: the spec's).
         spec: The ensemble (default: :func:`ml.ensemble.load_spec`, the registered champion).
         device: Torch device.
+        allow_untrained: Members without checkpoints get deterministic random weights (tests, demos).
 
     Raises:
         ValueError: An excerpt could not be analysed (the message names it and why).
@@ -80,13 +142,17 @@ def evaluate(
         single_model_settings,
     )
 
-    spec = spec or load_spec(cfg)
+    spec = spec or load_spec(cfg, allow_untrained=allow_untrained)
     names = list(members or spec.members)
     fused_members = [m for m in spec.members if spec.weights.get(m, 0) > 0]
     paths, y = test_excerpts(cfg, data_root)
     labels = cfg.label_codes
     backend = LocalBackend.from_config(
-        cfg, list(dict.fromkeys([*names, *fused_members])), spec=spec, device=device
+        cfg,
+        list(dict.fromkeys([*names, *fused_members])),
+        spec=spec,
+        device=device,
+        allow_untrained=allow_untrained,
     )
     fusion = fusion_from_spec(cfg, spec, backend.members)
     sources = [(str(p), p) for p in paths]

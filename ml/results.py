@@ -142,6 +142,11 @@ def _cell(text: str) -> str:
     return "'" + text if text.startswith(_FORMULA_START) else text
 
 
+def csv_cell_text(cell: str) -> str:
+    """The text a CSV cell written by :func:`results_to_csv` stands for (undoes the formula guard)."""
+    return cell[1:] if cell.startswith("'") and cell[1:].startswith(_FORMULA_START) else cell
+
+
 def _number(value: Any, digits: int) -> str:
     if value is None:
         return ""
@@ -150,14 +155,19 @@ def _number(value: Any, digits: int) -> str:
 
 
 def results_to_csv(
-    labels: Sequence[str], results: Iterable[ResultLike], *, ensemble: Mapping[str, Any] | None = None
+    labels: Sequence[str],
+    results: Iterable[ResultLike],
+    *,
+    ensemble: Mapping[str, Any] | None = None,
+    header: bool = True,
 ) -> str:
     """One row per file: file, duration_s, instruments (``;``-joined), a score column per label, error.
 
     With ``ensemble`` (the stamp of :func:`ml.ensemble.stamp`) every row also names the ensemble
     (registered name, else the ensemble's) and version. A failed file has only ``file`` and ``error``
     (and the ensemble) filled. Text cells that a spreadsheet would run as a formula (leading ``=``, ``+``,
-    ``-``, ``@``) are prefixed with ``'``.
+    ``-``, ``@``) are prefixed with ``'``. ``header=False`` leaves the header row out (appending rows to
+    an existing table, as :mod:`ml.batch` does).
     """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
@@ -168,9 +178,9 @@ def results_to_csv(
             _cell(str(ensemble.get("registered_model") or ensemble.get("name") or "")),
             "" if version is None else str(version),
         ]
-    writer.writerow(
-        ["file", "duration_s", "instruments", *labels, "error", *(["ensemble", "version"] if tail else [])]
-    )
+    if header:
+        stamp_cols = ["ensemble", "version"] if tail else []
+        writer.writerow(["file", "duration_s", "instruments", *labels, "error", *stamp_cols])
     for r in results:
         d = result_dict(r, segments=False)
         name = _cell(str(d.get("file", "")))

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import json
 import logging
 import math
 import os
 import threading
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -676,27 +677,30 @@ def _read_source(name: str, src: Any) -> tuple[bytes | None, str | None]:
         return None, f"unreadable: {e.strerror or type(e).__name__}"
 
 
-def analyze_sources(
+def analyze_stream(
     cfg: Config,
     backend: Backend,
-    sources: Sequence[tuple[str, Any]],
+    sources: Iterable[tuple[str, Any]],
     *,
     weights: Mapping[str, float],
     thresholds: Sequence[float],
     aggregation: str,
     chunk: int = 16,
-) -> list[FileResult]:
-    """:func:`analyze` for callers without an event loop (CLI, evaluation, batch jobs).
+) -> Iterator[list[FileResult]]:
+    """:func:`analyze` over an iterable of ``(name, path or bytes)``, ``chunk`` files at a time.
 
-    ``sources`` are ``(name, path or bytes)``; a file that cannot be read gets an error result like an
-    undecodable upload. Files go through :func:`analyze` ``chunk`` at a time (bounded memory).
+    Yields the results of each chunk (in input order) as soon as it is scored, so a caller can write them
+    before the next files are even read: at most ``chunk`` files are held in memory, whatever the length
+    of ``sources``. A file that cannot be read gets an error result like an undecodable upload.
     """
-    results: list[FileResult | None] = [None] * len(sources)
-    for a in range(0, len(sources), chunk):
-        part = list(enumerate(sources))[a : a + chunk]
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    it = iter(sources)
+    while part := list(itertools.islice(it, chunk)):
+        results: list[FileResult | None] = [None] * len(part)
         uploads: list[tuple[str, bytes]] = []
         where: list[int] = []
-        for i, (name, src) in part:
+        for i, (name, src) in enumerate(part):
             data, err = _read_source(name, src)
             if data is None:
                 results[i] = FileResult(file=name, error=err)
@@ -711,4 +715,35 @@ def analyze_sources(
             )
             for i, r in zip(where, out, strict=True):
                 results[i] = r
-    return [r for r in results if r is not None]
+        yield [r for r in results if r is not None]
+
+
+def analyze_sources(
+    cfg: Config,
+    backend: Backend,
+    sources: Sequence[tuple[str, Any]],
+    *,
+    weights: Mapping[str, float],
+    thresholds: Sequence[float],
+    aggregation: str,
+    chunk: int = 16,
+) -> list[FileResult]:
+    """:func:`analyze` for callers without an event loop (CLI, evaluation, batch jobs).
+
+    ``sources`` are ``(name, path or bytes)``; a file that cannot be read gets an error result like an
+    undecodable upload. Files go through :func:`analyze` ``chunk`` at a time (bounded memory; see
+    :func:`analyze_stream`).
+    """
+    return [
+        r
+        for part in analyze_stream(
+            cfg,
+            backend,
+            sources,
+            weights=weights,
+            thresholds=thresholds,
+            aggregation=aggregation,
+            chunk=chunk,
+        )
+        for r in part
+    ]

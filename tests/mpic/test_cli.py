@@ -142,10 +142,12 @@ def test_predict_errors_match_the_api(
 ) -> None:
     short = tmp_path / "short.wav"
     sf.write(short, np.full(100, 0.1, np.float32), 44100)  # shorter than audio.min_seconds
-    code, out, _ = cli(["predict", str(short), str(tmp_path / "gone.wav"), "--untrained"], overrides, capsys)
+    text = tmp_path / "notes.wav"
+    text.write_text("not audio")
+    code, out, _ = cli(["predict", str(short), str(text), "--untrained"], overrides, capsys)
     assert code == 1
     errors = [r["error"] for r in json.loads(out)["results"]]
-    assert errors[0].startswith("too_short: ") and errors[1].startswith("unreadable: ")
+    assert errors[0].startswith("too_short: ") and errors[1].startswith("undecodable: ")
 
 
 def test_nothing_registered_is_a_clear_error(tmp_path: Path, song: Path, capsys: Any) -> None:
