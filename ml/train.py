@@ -215,9 +215,10 @@ class _Cropper:
         f1 = (end.double() / self.sample_rate * self.frames_per_s).ceil().long().clamp(1, n_frames)
         f1 = torch.maximum(f1, f0 + 1)
         cum = self.cum[idx]  # (B, C, F+1)
-        active = (cum.gather(2, f1[:, None, None].expand(-1, cum.shape[1], 1)) - cum.gather(
-            2, f0[:, None, None].expand(-1, cum.shape[1], 1)
-        )).squeeze(2) / (f1 - f0)[:, None].float()
+        active = (
+            cum.gather(2, f1[:, None, None].expand(-1, cum.shape[1], 1))
+            - cum.gather(2, f0[:, None, None].expand(-1, cum.shape[1], 1))
+        ).squeeze(2) / (f1 - f0)[:, None].float()
         keep = (active >= self.min_active).float()
         known = self.known[idx][:, None]
         return torch.where(known, target * keep, target)
