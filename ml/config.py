@@ -114,10 +114,16 @@ class SynthConfig(_Strict):
 
 
 class FoldsConfig(_Strict):
-    """Cross-validation folds: label-stratified, grouped by source recording."""
+    """Cross-validation folds: label-stratified, grouped by source recording — or one fold per library family.
+
+    ``by: library`` makes every validation fold a sample-library family the fold's model never heard, so
+    early stopping, fusion weights and thresholds are fitted on predictions for unheard sounds (what the
+    users' music is); ``k`` must then equal the number of families in the training data.
+    """
 
     k: Annotated[int, Field(ge=2, le=20)] = 5
     seed: int = 0
+    by: Literal["recording", "library"] = "recording"
 
 
 class SpecAugmentConfig(_Strict):

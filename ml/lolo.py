@@ -235,7 +235,11 @@ def run_lolo(
     t_start = time.perf_counter()
     for fam in chosen:
         split = splits[fam]
-        hcfg = cfg.model_copy(update={"runs_dir": out_dir / f"holdout-{fam}"})
+        update: dict[str, Any] = {"runs_dir": out_dir / f"holdout-{fam}"}
+        if cfg.folds.by == "library":  # one fold per remaining family
+            n_fams = len({family_of(r.library) for r in split.train})
+            update["folds"] = cfg.folds.model_copy(update={"k": n_fams})
+        hcfg = cfg.model_copy(update=update)
         check_no_leak([r.path for r in split.train], records, fam, family_of, "training set")
         t0 = time.perf_counter()
         training: dict[str, Any] = {}

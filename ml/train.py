@@ -111,6 +111,32 @@ def load_train_data(cfg: Config, sample_rate: int, *, progress: bool = False) ->
     return train_data_from_records(cfg, manifest.root, train, sample_rate, progress=progress)
 
 
+def library_folds(records: Sequence[ClipRecord], k: int) -> list[ClipRecord]:
+    """One fold per sample-library family (sorted by name): each fold validates on sounds unheard in training.
+
+    Raises:
+        ValueError: If a clip has no recorded library, or the families are not exactly ``k``.
+    """
+    from dataclasses import replace
+
+    from ml.data.libraries import library_family
+
+    unknown = [r.path for r in records if not r.library]
+    if unknown:
+        raise ValueError(
+            f"folds.by=library needs each clip's sample library; {len(unknown)} clip(s) have none "
+            f"(e.g. {unknown[0]!r}): use folds.by=recording for real recordings"
+        )
+    families = sorted({library_family(r.library) for r in records})
+    if len(families) != k:
+        raise ValueError(
+            f"folds.by=library: folds.k is {k} but the training data holds {len(families)} library "
+            f"families {families}; set folds.k={len(families)}"
+        )
+    index = {f: i for i, f in enumerate(families)}
+    return [replace(r, fold=index[library_family(r.library)]) for r in records]
+
+
 def train_data_from_records(
     cfg: Config,
     root: str | Path,
@@ -127,7 +153,10 @@ def train_data_from_records(
     from ml.data.activity import load_activity
     from ml.data.folds import assign_folds
 
-    recs = assign_folds(records, cfg.label_codes, k=cfg.folds.k, seed=cfg.folds.seed)
+    if cfg.folds.by == "library":
+        recs = library_folds(records, cfg.folds.k)
+    else:
+        recs = assign_folds(records, cfg.label_codes, k=cfg.folds.k, seed=cfg.folds.seed)
     m = Manifest(root=root, records=list(recs))
     paths = [m.abspath(r) for r in m.records]
     store = build_store(paths, sample_rate, cfg.data.cache_dir, progress=progress)

@@ -138,3 +138,20 @@ def test_crops_are_labelled_by_the_instruments_active_in_them():
     assert cropper._targets(idx[:1], torch.tensor([50]), cropper.lengths[:1]).tolist() == [[1, 1, 0]]
     waves, tg = cropper(idx, torch.Generator().manual_seed(0))
     assert waves.shape == (3, 100) and tg.shape == (3, 3)
+
+
+def test_library_folds_validate_each_family_on_sounds_unheard_in_training():
+    from ml.data.manifest import ClipRecord
+    from ml.train import library_folds
+
+    def rec(path: str, lib: str) -> ClipRecord:
+        return ClipRecord(path=path, split="train", duration_s=3.0, labels=("pia",), group=path, library=lib)
+
+    recs = [rec("a", "timgm6mb"), rec("b", "csound_gm"), rec("c", "opl3"), rec("d", "fluidr3_gs")]
+    folds = {r.path: r.fold for r in library_folds(recs, 3)}
+    # families sorted: fluidr3, opl3, timgm (TimGM6mb and the csound bank share samples: one family)
+    assert folds == {"a": 2, "b": 2, "c": 1, "d": 0}
+    with pytest.raises(ValueError, match=r"folds\.k=3"):
+        library_folds(recs, 5)
+    with pytest.raises(ValueError, match="folds.by=recording"):
+        library_folds([*recs, rec("e", "")], 3)
