@@ -87,16 +87,21 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_folds(args: argparse.Namespace) -> int:
-    """Assign leak-free, label-stratified folds and write them as CSV."""
+    """Assign leak-free folds (stratified by recording, or one per library family); write them as CSV."""
     from ml.data.folds import assign_folds, write_folds
     from ml.data.irmas import build_manifest
     from ml.data.manifest import Manifest
+    from ml.train import library_folds
 
     cfg = _cfg(args)
     root = Path(args.data) if args.data else cfg.data.root
     k = args.k or cfg.folds.k
     manifest = build_manifest(root, cfg.label_codes, strict=False)
-    recs = assign_folds(manifest.filter(split="train"), cfg.label_codes, k=k, seed=cfg.folds.seed)
+    train = manifest.filter(split="train").records
+    if cfg.folds.by == "library":
+        recs = library_folds(train, k)
+    else:
+        recs = assign_folds(train, cfg.label_codes, k=k, seed=cfg.folds.seed)
     out = Path(args.out) if args.out else cfg.namespace_dir / "folds.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
     n = write_folds(Manifest(manifest.root, recs), out)
