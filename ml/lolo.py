@@ -194,7 +194,7 @@ def run_lolo(
     *,
     members: Sequence[str] | None = None,
     families: Sequence[str] | None = None,
-    folds: Sequence[int] = (0,),
+    folds: Sequence[int] | None = None,
     family_of: Callable[[str], str] = default_family,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -208,7 +208,8 @@ def run_lolo(
         members: Members to train and fuse (default: the configured ensemble).
         families: Families to hold out (default: every family with test excerpts).
         folds: Validation folds (of the remaining libraries' clips) trained per member; their OOF
-            predictions fit weights and thresholds. ``(0,)`` trains one model per member.
+            predictions fit weights and thresholds. None: every fold (as training does); ``(0,)``: one
+            model per member.
         family_of: Library → family (default: :func:`ml.data.libraries.library_family`).
         log: Progress lines.
 
@@ -250,7 +251,7 @@ def run_lolo(
                 datasets[sr] = train_data_from_records(hcfg, manifest.root, split.train, sr)
             data = datasets[sr]
             check_no_leak([r.path for r in data.manifest.records], records, fam, family_of, "training data")
-            for k in folds:
+            for k in folds if folds is not None else range(hcfg.folds.k):
                 fold_dir = Path(hcfg.runs_dir) / m / f"fold{k}"
                 res: FitResult = fit(
                     hcfg,
@@ -318,7 +319,7 @@ def run_lolo(
     report = {
         "protocol": "leave-one-library-family-out",
         "members": members,
-        "folds": list(folds),
+        "folds": list(folds) if folds is not None else "all",
         "families": per_family,
         "mean": {n: _mean_rows([per_family[f]["results"][n] for f in chosen]) for n in names},
         "wall_s": round(time.perf_counter() - t_start, 1),

@@ -179,11 +179,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if data is not None and not data.is_dir():
         raise UsageError(f"--data {data}: no such folder")
     _check_members(cfg, args.models)
+    if args.protocol == "lolo":
+        return _evaluate_lolo(cfg, args, data)
     spec = load_spec(cfg, args.version, allow_untrained=args.untrained)
     report = evaluate(cfg, data_root=data, members=args.models, spec=spec, allow_untrained=args.untrained)
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2))
     print(format_table(report) if args.format == "table" else json.dumps(report, indent=2))
+    return 0
+
+
+def _evaluate_lolo(cfg: Any, args: argparse.Namespace, data: Path | None) -> int:
+    """``evaluate --protocol lolo``: train without each library family, test on it (``ml.lolo``)."""
+    from datetime import datetime
+
+    from ml import lolo
+    from ml.data.irmas import build_manifest
+
+    root = data or cfg.data.root
+    manifest = build_manifest(root, cfg.label_codes, cache_path=cfg.namespace_dir / "lolo-manifest.csv")
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else cfg.namespace_dir / "lolo" / stamp
+    folds = tuple(args.folds) if args.folds else None
+    report = lolo.run_lolo(cfg, manifest, out, members=args.models, families=args.families, folds=folds)
+    if args.output:
+        Path(args.output).write_text(json.dumps(report, indent=2))
+    print(lolo.format_report(report) if args.format == "table" else json.dumps(report, indent=2))
+    print(f"models, out-of-fold predictions and lolo.json under {out}", file=sys.stderr)
     return 0
 
 
@@ -442,6 +464,21 @@ def build_parser() -> argparse.ArgumentParser:
         "fixed threshold (the untuned baseline); or a spec .json file",
     )
     p.add_argument("--untrained", action="store_true", help=UNTRAINED_HELP)
+    p.add_argument(
+        "--protocol",
+        choices=["registered", "lolo"],
+        default="registered",
+        help="'registered': score the registered ensemble on the test excerpts; 'lolo': leave one sample "
+        "library family out — train the members without it, fit weights and thresholds without it, test on "
+        "it, for every family (needs data rendered by `mpic synth` with several libraries)",
+    )
+    p.add_argument("--families", nargs="+", help="lolo: the families to hold out (default: all)")
+    p.add_argument(
+        "--folds", nargs="+", type=int, help="lolo: validation folds trained per member (default: all)"
+    )
+    p.add_argument(
+        "--out", help="lolo: a new folder for the protocol's models and report (default: a timestamped one)"
+    )
 
     p = add("predict", cmd_predict, "tag audio files and folders (recursively) with the ensemble")
     p.add_argument(

@@ -93,6 +93,10 @@ MISTAKES: list[tuple[list[str], list[str]]] = [
         ["is not an mpic results file", "left untouched", "another --output"],
     ),
     (["predict", "{tmp}/song.wav", "--output", "{tmp}/r.csv", "--format", "json"], ["contradicts --output"]),
+    (
+        ["evaluate", "--protocol", "lolo", "--data", "{tmp}/unlabelled", "--out", "{tmp}/lolo"],
+        ["mpic evaluate:", "no IRMAS data found", "IRMAS-TrainingData"],
+    ),
 ]
 
 
