@@ -134,7 +134,9 @@ def test_analyze_matches_the_pre_rework_pipeline(cfg: Config, uploads: list[tupl
         for gs, es in zip(g.segments, e.segments, strict=True):
             np.testing.assert_allclose(list(gs.scores.values()), list(es.scores.values()), atol=TOL, rtol=0)
     # the in-process ensemble (mpic predict) agrees as well
-    ens = EnsemblePredictor(backend.predictors, dict.fromkeys(backend.members, 1.0), [0.5] * 11, "mean")
+    ens = EnsemblePredictor(
+        backend.predictors, dict.fromkeys(backend.members, 1.0), [0.5] * 11, "mean", cfg=cfg
+    )
     for g, e in zip(got, ens.predict(uploads), strict=True):
         np.testing.assert_allclose(list(g.scores.values()), list(e.scores.values()), atol=TOL, rtol=0)
 

@@ -90,7 +90,7 @@ def test_run_local_binds_loopback(smoke_cfg: Config, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: inits.append(kw))
     monkeypatch.setattr(app_mod, "deploy", lambda config, **kw: deployed.append(dict(config)))
-    url = app_mod.run_local(smoke_cfg, blocking=False)
+    url = app_mod.run_local(smoke_cfg, blocking=False, allow_untrained=True)
     assert url.startswith(f"http://{LOOPBACK}:")
     assert inits[-1]["dashboard_host"] == LOOPBACK
     http = deployed[-1]["http_options"]
