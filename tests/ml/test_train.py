@@ -153,5 +153,5 @@ def test_library_folds_validate_each_family_on_sounds_unheard_in_training():
     assert folds == {"a": 2, "b": 2, "c": 1, "d": 0}
     with pytest.raises(ValueError, match=r"folds\.k=3"):
         library_folds(recs, 5)
-    with pytest.raises(ValueError, match="folds.by=recording"):
+    with pytest.raises(ValueError, match=r"folds\.by=recording"):
         library_folds([*recs, rec("e", "")], 3)
