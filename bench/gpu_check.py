@@ -80,26 +80,13 @@ def smoke_overrides(work: Path, data: Path) -> list[str]:
 def ensure_data(root: Path, overrides: Sequence[str]) -> dict[str, Any]:
     """Render the smoke data set at ``root`` unless it is there."""
     from ml.config import load_config
-    from ml.data.synth import resolve_programs, resolve_soundfont, synthesize
+    from ml.data.synth import synthesize_config
 
     if (root / "IRMAS-TrainingData").is_dir():
         return {"status": "ok", "rendered": False, "root": str(root)}
     cfg = load_config(profile=PROFILE, overrides=list(overrides))
-    s = cfg.synth
     t0 = time.perf_counter()
-    synthesize(
-        root,
-        labels=cfg.label_codes,
-        programs=resolve_programs(cfg.label_codes, s.programs),
-        train_clips=s.train_clips,
-        test_excerpts=s.test_excerpts,
-        seed=s.seed,
-        soundfonts=[resolve_soundfont(f) for f in s.soundfonts],
-        sample_rate=s.sample_rate,
-        clips_per_recording=s.clips_per_recording,
-        workers=min(4, common.usable_cores()),
-        progress=False,
-    )
+    synthesize_config(cfg, root, workers=min(4, common.usable_cores()), progress=False)
     secs = round(time.perf_counter() - t0, 1)
     return {"status": "ok", "rendered": True, "root": str(root), "seconds": secs}
 

@@ -347,26 +347,14 @@ def bench_config(cfg: Config, member: str, *, quick: bool, threads: int) -> tupl
 
 def ensure_data(cfg: Config) -> dict[str, Any]:
     """Render the synthetic training set once (reused when present); returns what was done."""
-    from ml.data.synth import resolve_programs, resolve_soundfont, synthesize
+    from ml.data.synth import synthesize_config
 
     root = Path(cfg.data.root)
     if (root / "IRMAS-TrainingData").is_dir():
         return {"rendered": False, "seconds": 0.0}
-    s = cfg.synth
     t0 = time.perf_counter()
-    synthesize(
-        root,
-        labels=cfg.label_codes,
-        programs=resolve_programs(cfg.label_codes, s.programs),
-        train_clips=s.train_clips,
-        test_excerpts=0,
-        seed=s.seed,
-        soundfonts=[resolve_soundfont(f) for f in s.soundfonts],
-        sample_rate=s.sample_rate,
-        clips_per_recording=s.clips_per_recording,
-        workers=min(2, os.cpu_count() or 1),
-        progress=False,
-        overwrite=True,
+    synthesize_config(
+        cfg, root, test_excerpts=0, workers=min(2, os.cpu_count() or 1), progress=False, overwrite=True
     )
     return {"rendered": True, "seconds": time.perf_counter() - t0}
 

@@ -50,10 +50,9 @@ def _with_profile(args: argparse.Namespace, command: str) -> str:
 def cmd_synth(args: argparse.Namespace) -> int:
     """Render a synthetic IRMAS-style data set."""
     from ml.data.irmas import MIX_DIR, TRAIN_DIR
-    from ml.data.synth import META_NAME, STEMS_DIR, TEST_DIR, resolve_programs, synthesize
+    from ml.data.synth import META_NAME, STEMS_DIR, TEST_DIR, synthesize_config
 
     cfg = _cfg(args)
-    s = cfg.synth
     out = Path(args.out) if args.out else cfg.data.root
     # synthesize() refuses too, but its message names a function argument, not this command's flag
     held = [n for n in (TRAIN_DIR, MIX_DIR, TEST_DIR, META_NAME, STEMS_DIR) if (out / n).exists()]
@@ -63,18 +62,17 @@ def cmd_synth(args: argparse.Namespace) -> int:
             "folders mpic synth writes are removed), or --out ANOTHER_DIR"
         )
     t0 = time.perf_counter()
-    report = synthesize(
+    given = {
+        "train_clips": args.train_clips,
+        "test_excerpts": args.test_excerpts,
+        "seed": args.seed,
+        "libraries": args.soundfont,
+        "workers": args.workers,
+    }
+    report = synthesize_config(
+        cfg,
         out,
-        labels=cfg.label_codes,
-        programs=resolve_programs(cfg.label_codes, s.programs),
-        train_clips=args.train_clips if args.train_clips is not None else s.train_clips,
-        test_excerpts=args.test_excerpts if args.test_excerpts is not None else s.test_excerpts,
-        seed=args.seed if args.seed is not None else s.seed,
-        libraries=args.soundfont or s.libraries,
-        train_mixes=s.train_mixes,
-        sample_rate=s.sample_rate,
-        clips_per_recording=s.clips_per_recording,
-        workers=args.workers or s.workers,
+        **{k: v for k, v in given.items() if v is not None},
         progress=not args.quiet,
         overwrite=args.overwrite,
     )

@@ -42,26 +42,12 @@ def smoke_cfg(tmp_path_factory: pytest.TempPathFactory) -> Config:
 @pytest.fixture(scope="session")
 def smoke_data(smoke_cfg: Config) -> Path:
     """The smoke profile's synthetic IRMAS-style data at ``smoke_cfg.data.root`` (a few seconds to render)."""
-    from ml.data.synth import synthesize
+    from ml.data.synth import synthesize_config
 
     root = Path(smoke_cfg.data.root)
     if (root / "IRMAS-TrainingData").is_dir():
         return root
-    s = smoke_cfg.synth
-    synthesize(
-        root,
-        labels=smoke_cfg.label_codes,
-        programs={c: s.programs[c] for c in smoke_cfg.label_codes},
-        train_clips=s.train_clips,
-        test_excerpts=s.test_excerpts,
-        seed=s.seed,
-        libraries=s.libraries,
-        train_mixes=s.train_mixes,
-        sample_rate=s.sample_rate,
-        clips_per_recording=s.clips_per_recording,
-        workers=1,
-        progress=False,
-    )
+    synthesize_config(smoke_cfg, root, workers=1, progress=False)
     return root
 
 

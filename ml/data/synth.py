@@ -2097,6 +2097,28 @@ def _item_fields(item: Mapping[str, Any]) -> dict[str, Any]:
     return {k: item[k] for k in keys if k in item}
 
 
+
+def synthesize_config(cfg: Any, out_dir: Path | str, **overrides: Any) -> SynthReport:
+    """:func:`synthesize` with every argument from ``cfg.synth`` (a :class:`~ml.config.Config`).
+
+    The one mapping from the ``synth:`` section to a rendering, shared by ``mpic synth``, the benchmarks and
+    the test fixtures; keyword ``overrides`` (e.g. ``workers``, ``progress``, ``test_excerpts``) win.
+    """
+    s = cfg.synth
+    args: dict[str, Any] = {
+        "labels": cfg.label_codes,
+        "programs": resolve_programs(cfg.label_codes, s.programs),
+        "train_clips": s.train_clips,
+        "test_excerpts": s.test_excerpts,
+        "seed": s.seed,
+        "libraries": s.libraries,
+        "train_mixes": s.train_mixes,
+        "sample_rate": s.sample_rate,
+        "clips_per_recording": s.clips_per_recording,
+        "workers": s.workers,
+    }
+    return synthesize(out_dir, **(args | overrides))
+
 __all__ = [
     "DEFAULT_GM_PROGRAMS",
     "DEFAULT_RANGES",
@@ -2114,4 +2136,5 @@ __all__ = [
     "resolve_programs",
     "resolve_soundfont",
     "synthesize",
+    "synthesize_config",
 ]
