@@ -512,6 +512,22 @@ def _decode(
     return _Decoded(name, audio=audio, song=Song(audio.wave, audio.sample_rate, starts))
 
 
+@dataclass
+class AnalyzedFile:
+    """One upload's result and the per-window scores of every member that scored it.
+
+    Attributes:
+        result: The fused :class:`FileResult` (an error result when the file failed).
+        starts_s: Window starts in seconds (``None`` when the file failed).
+        member_scores: Member → (W, C) sigmoid scores (label order), for every member scored: the ones
+            fused and any extra ones asked for (see :func:`analyze_files`); empty when the file failed.
+    """
+
+    result: FileResult
+    starts_s: np.ndarray | None = None
+    member_scores: dict[str, np.ndarray] = field(default_factory=dict)
+
+
 async def analyze(
     cfg: Config,
     backend: Backend,
@@ -526,9 +542,45 @@ async def analyze(
     Raises:
         ScoringError: A backend call failed.
     """
+    files = await analyze_files(
+        cfg, backend, uploads, weights=weights, thresholds=thresholds, aggregation=aggregation
+    )
+    return [f.result for f in files]
+
+
+async def analyze_files(
+    cfg: Config,
+    backend: Backend,
+    uploads: Sequence[tuple[str, bytes]],
+    *,
+    weights: Mapping[str, float],
+    thresholds: Sequence[float],
+    aggregation: str,
+    also_score: Collection[str] = (),
+) -> list[AnalyzedFile]:
+    """:func:`analyze`, also returning every member's per-window scores.
+
+    Args:
+        cfg: The configuration (limits, windows, labels).
+        backend: Scores the members.
+        uploads: ``(name, bytes)`` of each file.
+        weights: Member → fusion weight; members with a positive weight are scored and fused.
+        thresholds: Per-class thresholds (label order).
+        aggregation: Window aggregation of the fused file scores.
+        also_score: Served members to score as well although their weight is 0 (their window scores are
+            returned, not fused), so a client can re-weigh without sending the audio again.
+
+    Raises:
+        ScoringError: A backend call failed.
+        WeightsError: No served member has a positive weight, or ``also_score`` names one not served.
+    """
     active = [m for m in backend.members if weights.get(m, 0.0) > 0]
     if not active:
         raise WeightsError("no served member has a positive weight")
+    unknown = sorted(set(also_score) - set(backend.members))
+    if unknown:
+        raise WeightsError(f"members {unknown} are not served; served: {list(backend.members)}")
+    scored = [m for m in backend.members if m in active or m in also_score]
     inf = cfg.inference
     max_seconds = min(cfg.audio.max_seconds, cfg.serve.limits.max_seconds)
     decode_one = functools.partial(
@@ -542,7 +594,7 @@ async def analyze(
     decoded: list[_Decoded] = list(
         await asyncio.gather(*(asyncio.to_thread(decode_one, name, data) for name, data in uploads))
     )
-    jobs = [(d, m) for d in decoded if d.song is not None for m in active]
+    jobs = [(d, m) for d in decoded if d.song is not None for m in scored]
 
     async def score(d: _Decoded, m: str) -> np.ndarray:
         assert d.song is not None
@@ -571,25 +623,26 @@ async def analyze(
                 member=m,
             )
         per_file.setdefault(id(d), {})[m] = arr
-    results: list[FileResult] = []
+    files: list[AnalyzedFile] = []
     for d in decoded:
         if d.audio is None or d.song is None:
-            results.append(FileResult(file=d.name, error=d.error or "could not decode"))
+            files.append(AnalyzedFile(FileResult(file=d.name, error=d.error or "could not decode")))
             continue
-        file_scores, fused = fuse_windows(per_file[id(d)], weights, aggregation)
-        results.append(
-            build_result(
-                d.name,
-                d.audio,
-                file_scores,
-                fused,
-                d.song.starts_s,
-                cfg.label_codes,
-                thresholds,
-                inf.window_s,
-            )
+        member_scores = per_file[id(d)]
+        fused_in = {m: member_scores[m] for m in active}
+        file_scores, fused = fuse_windows(fused_in, weights, aggregation)
+        result = build_result(
+            d.name,
+            d.audio,
+            file_scores,
+            fused,
+            d.song.starts_s,
+            cfg.label_codes,
+            thresholds,
+            inf.window_s,
         )
-    return results
+        files.append(AnalyzedFile(result, d.song.starts_s, member_scores))
+    return files
 
 
 # ---- what a request runs with, and the answer it gets (HTTP, CLI, evaluation, batch jobs) ----------------

@@ -1,0 +1,1 @@
+"""The API's routers: analysis, models, health, and the web page with its documentation pages."""
