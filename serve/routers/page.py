@@ -18,6 +18,12 @@ from serve.deps import State
 
 DOCS_ASSETS = "/docs-assets"
 FAVICON = "/static/favicon.svg"
+# The docs pages may load nothing from elsewhere: ReDoc's sidebar badge would fetch its logo from a CDN.
+# Inline script/style: FastAPI's pages start Swagger UI / ReDoc with an inline script.
+DOCS_CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'"
+)
 
 router = APIRouter(include_in_schema=False)
 
@@ -41,10 +47,10 @@ async def index(state: State) -> Response:
 
 @router.get("/docs")
 async def swagger_ui(request: Request) -> HTMLResponse:
-    """Swagger UI over ``/openapi.json`` with local assets."""
+    """Swagger UI over ``/openapi.json`` with local assets (a CSP keeps it from loading anything else)."""
     root = request.scope.get("root_path", "")
     app = request.app
-    return get_swagger_ui_html(
+    html = get_swagger_ui_html(
         openapi_url=f"{root}{app.openapi_url}",
         title=f"{app.title} - Swagger UI",
         oauth2_redirect_url=f"{root}{app.swagger_ui_oauth2_redirect_url}",
@@ -53,6 +59,8 @@ async def swagger_ui(request: Request) -> HTMLResponse:
         swagger_favicon_url=f"{root}{FAVICON}",
         swagger_ui_parameters=app.swagger_ui_parameters,
     )
+    html.headers["Content-Security-Policy"] = DOCS_CSP
+    return html
 
 
 @router.get("/docs/oauth2-redirect")
@@ -63,16 +71,18 @@ async def swagger_ui_redirect() -> HTMLResponse:
 
 @router.get("/redoc")
 async def redoc(request: Request) -> HTMLResponse:
-    """ReDoc over ``/openapi.json`` with local assets and no web fonts."""
+    """ReDoc over ``/openapi.json`` with local assets, no web fonts, and nothing from elsewhere (CSP)."""
     root = request.scope.get("root_path", "")
     app = request.app
-    return get_redoc_html(
+    html = get_redoc_html(
         openapi_url=f"{root}{app.openapi_url}",
         title=f"{app.title} - ReDoc",
         redoc_js_url=f"{root}{DOCS_ASSETS}/redoc.standalone.js",
         redoc_favicon_url=f"{root}{FAVICON}",
         with_google_fonts=False,
     )
+    html.headers["Content-Security-Policy"] = DOCS_CSP
+    return html
 
 
 def install_page(app: FastAPI, static_dir: Path) -> None:

@@ -10,7 +10,6 @@
   "use strict";
 
   const ENDPOINT = "/analyze_files/multi_model";
-  const DEBOUNCE_MS = 250;
   const DOWNLOAD_NAME = "wav-files-instruments-predictions";
   // Perceptually uniform "viridis" stops for the heat maps (also used by the CSS legend).
   const PALETTE = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
@@ -38,6 +37,12 @@
     downloadCsv: $("#download-csv"),
     downloadJson: $("#download-json"),
     keyForm: $("#api-key-form"),
+    progress: $("#progress"),
+    progressBar: $("#progress-bar"),
+    progressText: $("#progress-text"),
+    staleNote: $("#stale-note"),
+    answeredBy: $("#answered-by"),
+    live: $("#timeline-live"),
     keyInput: $("#api-key"),
   };
 
@@ -51,11 +56,15 @@
     limits: {}, // optional: max_files, max_upload_bytes, max_seconds
     thresholdMode: "tuned", // "tuned" (spec per-class) | "global"
     threshold: 0.5,
-    files: [], // the last files sent, kept to re-query when the controls move
-    response: null, // last successful inline response
+    files: [], // the last files sent (analysed again only when new files come)
+    server: null, // the last answer, with every member's window scores (windows=true)
+    view: null, // what the page shows: the answer re-weighed and re-thresholded for the controls
+    stale: "", // why the shown results are out of date ("" when current)
     seq: 0,
     controller: null,
-    debounce: null,
+    frame: 0,
+    cursors: {}, // file -> heat-map keyboard cursor {row, col}, kept across re-weighing
+    progressTimer: null,
     ready: false,
     revealResults: false,
     apiKey: sessionStorage.getItem("mpic-api-key") || "",
@@ -152,13 +161,7 @@
     const headers = new Headers(opts.headers || {});
     if (state.apiKey) headers.set("X-API-Key", state.apiKey);
     const resp = await fetch(url, { ...opts, headers });
-    if (resp.status === 401) {
-      el.keyForm.hidden = false;
-      if (state.apiKey) el.keyInput.setAttribute("aria-invalid", "true");
-      el.keyInput.focus();
-      throw new Error(state.apiKey ? "The API key was refused: enter a valid key at the top of the page."
-        : "This server needs an API key: enter it at the top of the page.");
-    }
+    if (resp.status === 401) throw keyRefused();
     return resp;
   }
 
@@ -284,7 +287,7 @@
       slider.addEventListener("input", () => {
         state.weights[m.name] = Number(slider.value) / 100;
         updateWeightOutputs();
-        scheduleAnalyse();
+        scheduleRefresh();
       });
       row.append(label, meta, slider, out);
       return row;
@@ -313,7 +316,17 @@
       s.value = String(Math.round(state.weights[s.dataset.member] * 100));
     }
     updateWeightOutputs();
-    scheduleAnalyse(0);
+    scheduleRefresh();
+  }
+
+  /** Re-weigh/re-threshold the last answer once per frame while a control moves: nothing is sent. */
+  function scheduleRefresh() {
+    cancelAnimationFrame(state.frame);
+    state.frame = requestAnimationFrame(() => {
+      if (!state.server || state.controller) return; // a request in flight is applied when it lands
+      refresh();
+      if (!state.stale) setStatus(`Updated in this browser without uploading again${thresholdNote()}`, "ok");
+    });
   }
 
   function updateThresholdUi() {
@@ -346,6 +359,9 @@
     el.fileSummary.replaceChildren(...frag);
   }
 
+  const COMPRESS_HINT = "Convert the audio to FLAC (lossless, about half the size of WAV) or MP3 "
+    + "(about a tenth) and try again.";
+
   function setFiles(list) {
     const files = Array.from(list || []).filter((f) => f && typeof f.name === "string");
     if (!files.length) return;
@@ -356,7 +372,8 @@
     }
     const total = files.reduce((a, f) => a + f.size, 0);
     if (maxBytes && total > maxBytes) {
-      setStatus(`Files too large: ${fmtBytes(total)} in total, at most ${fmtBytes(maxBytes)} per request.`, "error");
+      setStatus(`Files too large: ${fmtBytes(total)} in total, but the server accepts at most `
+        + `${fmtBytes(maxBytes)} per request. ${COMPRESS_HINT}`, "error");
       return;
     }
     state.files = files;
@@ -377,48 +394,99 @@
     const form = new FormData();
     for (const f of state.files) form.append("files", f, f.name);
     form.append("weights", JSON.stringify(activeWeights()));
-    if (state.thresholdMode === "global") form.append("threshold", Number(state.threshold).toFixed(2));
+    // Every member's window scores come back, so weights and thresholds are applied here afterwards.
+    form.append("windows", "true");
     return form;
+  }
+
+  function anyWeight() {
+    return Object.values(state.weights).some((w) => w > 0);
   }
 
   function canQuery() {
     if (!state.files.length) return false;
-    if (!Object.values(state.weights).some((w) => w > 0)) {
+    if (!anyWeight()) {
       setStatus("Every model has weight 0 %: give at least one model a positive weight.", "warn");
       return false;
     }
     return true;
   }
 
-  function scheduleAnalyse(delay = DEBOUNCE_MS) {
-    clearTimeout(state.debounce);
-    if (!state.files.length || !state.ready) return;
-    el.table.classList.add("stale");
-    state.debounce = setTimeout(analyse, delay);
+  // ---- progress of an upload and its analysis
+
+  function showProgress(phase, loaded = 0, total = 0) {
+    clearInterval(state.progressTimer);
+    el.progress.hidden = false;
+    el.progress.dataset.phase = phase;
+    if (phase === "upload") {
+      const frac = total > 0 ? loaded / total : 0;
+      el.progressBar.value = frac;
+      el.progressText.textContent = `Uploading ${fmtBytes(loaded)} of ${fmtBytes(total)} (${Math.round(100 * frac)} %)…`;
+      return;
+    }
+    el.progressBar.removeAttribute("value"); // indeterminate: the server does not report its progress
+    const t0 = performance.now();
+    const tick = () => {
+      const s = Math.round((performance.now() - t0) / 1000);
+      el.progressText.textContent = `Uploaded; analysing on the server${s >= 1 ? ` (${s} s)` : ""}…`;
+    };
+    tick();
+    state.progressTimer = setInterval(tick, 1000);
+  }
+
+  function hideProgress() {
+    clearInterval(state.progressTimer);
+    el.progress.hidden = true;
+    el.progress.dataset.phase = "";
+  }
+
+  /** POST a form with XMLHttpRequest (fetch cannot report upload progress); resolves to a Response. */
+  function postWithProgress(url, form, signal, onUpload, onUploaded) {
+    return new Promise((resolve, reject) => {
+      const xhr = new XMLHttpRequest();
+      xhr.open("POST", url);
+      if (state.apiKey) xhr.setRequestHeader("X-API-Key", state.apiKey);
+      xhr.responseType = "text";
+      xhr.upload.addEventListener("progress", (ev) => onUpload(ev.loaded, ev.lengthComputable ? ev.total : 0));
+      xhr.upload.addEventListener("load", onUploaded);
+      xhr.addEventListener("load", () => {
+        const headers = new Headers();
+        const type = xhr.getResponseHeader("Content-Type");
+        if (type) headers.set("Content-Type", type);
+        const status = xhr.status >= 200 && xhr.status <= 599 ? xhr.status : 502;
+        resolve(new Response(status === 204 ? null : xhr.responseText, { status, headers }));
+      });
+      xhr.addEventListener("error", () => reject(new TypeError("network error")));
+      xhr.addEventListener("abort", () => reject(new DOMException("aborted", "AbortError")));
+      if (signal) signal.addEventListener("abort", () => xhr.abort());
+      xhr.send(form);
+    });
   }
 
   async function analyse() {
-    clearTimeout(state.debounce);
-    if (!canQuery()) {
-      el.table.classList.remove("stale");
-      return;
-    }
+    if (!canQuery()) return;
     if (state.controller) state.controller.abort();
     const controller = new AbortController();
     state.controller = controller;
     const seq = ++state.seq;
     const n = state.files.length;
     const t0 = performance.now();
-    el.table.classList.add("stale");
+    markStale("Out of date: analysing the new files…");
     el.table.setAttribute("aria-busy", "true");
     setStatus(`Analysing ${n} file${n === 1 ? "" : "s"}…`, "busy");
+    const total = state.files.reduce((a, f) => a + f.size, 0);
+    showProgress("upload", 0, total);
     try {
-      const resp = await apiFetch(ENDPOINT, { method: "POST", body: buildForm(), signal: controller.signal });
+      const resp = await postWithProgress(`${ENDPOINT}?windows=true`, buildForm(), controller.signal,
+        (loaded, all) => { if (seq === state.seq) showProgress("upload", loaded, all || total); },
+        () => { if (seq === state.seq) showProgress("analyse"); });
+      if (resp.status === 401) throw keyRefused();
       if (!resp.ok) throw await httpError(resp);
       const data = await resp.json();
       if (seq !== state.seq) return; // a newer request superseded this one
-      state.response = data;
-      render(data);
+      state.server = data;
+      state.stale = "";
+      refresh();
       if (state.revealResults) {
         state.revealResults = false;
         const panel = el.status.closest("section") || el.status;
@@ -439,17 +507,16 @@
           .join("; ");
         msg += `; rejected ${bad} (${why}${bad > 3 ? "; …" : ""})`;
       }
-      msg += state.thresholdMode === "global"
-        ? ` · threshold ${Number(state.threshold).toFixed(2)} for every instrument.`
-        : " · tuned per-instrument thresholds.";
-      setStatus(msg, bad ? "warn" : "ok");
+      setStatus(`${msg}${thresholdNote()}`, bad ? "warn" : "ok");
     } catch (err) {
       if (err.name === "AbortError" || seq !== state.seq) return;
+      // The shown results belong to other files (or none): clear them rather than leave them looking current.
+      clearResults("No results: the last analysis failed (see the message above).");
       const offline = err instanceof TypeError ? " (is the server running?)" : "";
       setStatus(`${err.message}${offline}`, "error");
     } finally {
       if (seq === state.seq) {
-        el.table.classList.remove("stale");
+        hideProgress();
         el.table.removeAttribute("aria-busy");
         state.controller = null;
         updateDownloadButtons();
@@ -457,51 +524,235 @@
     }
   }
 
+  function keyRefused() {
+    el.keyForm.hidden = false;
+    if (state.apiKey) el.keyInput.setAttribute("aria-invalid", "true");
+    el.keyInput.focus();
+    return new Error(state.apiKey ? "The API key was refused: enter a valid key at the top of the page."
+      : "This server needs an API key: enter it at the top of the page.");
+  }
+
+  function thresholdNote() {
+    return state.thresholdMode === "global"
+      ? ` · threshold ${Number(state.threshold).toFixed(2)} for every instrument.`
+      : " · tuned per-instrument thresholds.";
+  }
+
+  // ---- re-weighing and re-thresholding in the browser (the same math as ml/inference.fuse_windows)
+
+  /** Aggregate one member's windows (W × C) into C scores: mean, max, or s2 (sum ÷ largest class sum). */
+  function aggregate(rows, method) {
+    const c = rows.length ? rows[0].length : 0;
+    const out = new Array(c).fill(method === "max" ? -Infinity : 0);
+    for (const row of rows) {
+      for (let k = 0; k < c; k += 1) {
+        out[k] = method === "max" ? Math.max(out[k], row[k]) : out[k] + row[k];
+      }
+    }
+    if (method === "mean") return out.map((v) => v / Math.max(1, rows.length));
+    if (method === "s2") {
+      const peak = Math.max(...out);
+      return out.map((v) => (peak > 0 ? v / peak : 0));
+    }
+    return out;
+  }
+
+  const round = (x, digits) => Number(x.toFixed(digits));
+
+  /** Weights over the members with a positive weight, summing to 1. */
+  function normalisedWeights(weights) {
+    const used = Object.entries(weights).filter(([, w]) => w > 0);
+    const total = used.reduce((a, [, w]) => a + w, 0);
+    return Object.fromEntries(used.map(([m, w]) => [m, w / total]));
+  }
+
+  function sameWeights(a, b) {
+    const keys = new Set([...Object.keys(a), ...Object.keys(b)]);
+    return [...keys].every((k) => Math.abs((a[k] || 0) - (b[k] || 0)) < 1e-6);
+  }
+
+  /** One file's fused scores and segments for `weights` from its members' window scores. */
+  function refuse(r, weights, labels, aggregation, windowS) {
+    const members = r.windows.members;
+    const used = Object.keys(weights).filter((m) => members[m]);
+    const nW = Math.min(...used.map((m) => members[m].length));
+    const scores = new Array(labels.length).fill(0);
+    const segs = Array.from({ length: nW }, () => new Array(labels.length).fill(0));
+    for (const m of used) {
+      const w = weights[m];
+      aggregate(members[m], aggregation).forEach((v, k) => { scores[k] += w * v; });
+      for (let i = 0; i < nW; i += 1) {
+        const row = members[m][i];
+        for (let k = 0; k < labels.length; k += 1) segs[i][k] += w * row[k];
+      }
+    }
+    const duration = Number(r.duration_s);
+    return {
+      scores: Object.fromEntries(labels.map((c, k) => [c, round(scores[k], 4)])),
+      segments: segs.map((row, i) => {
+        const a = r.windows.starts_s[i];
+        return {
+          start_s: round(a, 3),
+          end_s: round(Math.min(a + windowS, duration), 3),
+          scores: Object.fromEntries(labels.map((c, k) => [c, round(row[k], 4)])),
+        };
+      }),
+    };
+  }
+
+  function currentThresholds(labels, tuned) {
+    if (state.thresholdMode === "global") return Object.fromEntries(labels.map((c) => [c, state.threshold]));
+    return { ...tuned };
+  }
+
+  /** The results document for the current weights and thresholds, computed from the last answer. */
+  function buildView(d) {
+    const labels = d.labels || state.labels.map((l) => l.code);
+    const weights = normalisedWeights(state.weights);
+    const reweighed = !sameWeights(weights, d.weights || {});
+    const info = d.windows || {};
+    if (reweighed && !(d.results || []).every((r) => r.error || r.windows)) return null;
+    const thresholds = currentThresholds(labels, d.thresholds || state.specThresholds);
+    const asAnswered = !reweighed && state.thresholdMode === "tuned";
+    const results = (d.results || []).map((r) => {
+      if (r.error) return { file: r.file, error: r.error };
+      const fused = reweighed
+        ? refuse(r, weights, labels, info.aggregation || d.aggregation, Number(info.window_s))
+        : { scores: r.scores, segments: r.segments };
+      const instruments = asAnswered ? r.instruments
+        : (r.silent ? [] : labels.filter((c) => fused.scores[c] >= thresholds[c]));
+      return {
+        file: r.file, duration_s: r.duration_s, scores: fused.scores, instruments, silent: Boolean(r.silent),
+        segments: fused.segments,
+      };
+    });
+    return {
+      labels,
+      weights: Object.fromEntries(Object.entries(weights).map(([m, w]) => [m, round(w, 6)])),
+      thresholds,
+      aggregation: d.aggregation,
+      ensemble: d.ensemble,
+      model: d.model ?? null,
+      computed: asAnswered ? "server" : "browser",
+      results,
+    };
+  }
+
+  /** Show the last answer under the current controls; no request (the window scores are here). */
+  function refresh() {
+    if (!state.server) return;
+    if (!anyWeight()) {
+      markStale("Out of date: every model has weight 0 %. Give a model a positive weight to see results.");
+      setStatus("Every model has weight 0 %: give at least one model a positive weight.", "warn");
+      return;
+    }
+    const view = buildView(state.server);
+    if (!view) { // an answer without window scores (an older server): ask again
+      analyse();
+      return;
+    }
+    state.view = view;
+    state.stale = "";
+    el.table.classList.remove("stale");
+    el.staleNote.hidden = true;
+    render(view);
+    describeAnswer(view);
+    updateDownloadButtons();
+  }
+
+  function markStale(reason) {
+    state.stale = reason;
+    el.table.classList.add("stale");
+    el.timelines.classList.add("stale");
+    el.staleNote.textContent = reason;
+    el.staleNote.hidden = !state.view;
+    updateDownloadButtons();
+  }
+
+  function clearResults(message) {
+    state.server = null;
+    state.view = null;
+    state.stale = "";
+    el.staleNote.hidden = true;
+    el.table.classList.remove("stale");
+    el.timelines.classList.remove("stale");
+    const codes = renderHeader(null);
+    const tr = document.createElement("tr");
+    tr.className = "empty-row";
+    const td = document.createElement("td");
+    td.colSpan = 3 + codes.length;
+    td.textContent = message;
+    tr.append(td);
+    el.table.tBodies[0].replaceChildren(tr);
+    el.timelines.replaceChildren();
+    el.answeredBy.textContent = "";
+    updateDownloadButtons();
+  }
+
+  function describeAnswer(view) {
+    const e = view.ensemble || {};
+    const parts = [`ensemble ${e.name || "?"}`];
+    if (e.registered_model) parts.push(`registered model ${e.registered_model} v${e.version}`);
+    else parts.push("not registered");
+    if (e.source) parts.push(`source ${e.source}`);
+    parts.push(`aggregation ${view.aggregation}`);
+    el.answeredBy.textContent = `Answered by ${parts.join(" · ")}`
+      + (view.computed === "browser" ? " · re-weighed in this browser" : "");
+    el.answeredBy.dataset.version = e.version == null ? "" : String(e.version);
+  }
+
   function updateDownloadButtons() {
-    const on = Boolean(state.files.length && state.response);
+    const on = Boolean(state.view && !state.stale && !state.controller);
     el.downloadCsv.disabled = !on;
     el.downloadJson.disabled = !on;
   }
 
-  function filenameFrom(disposition, fallback) {
-    if (!disposition) return fallback;
-    const star = /filename\*\s*=\s*(?:UTF-8|utf-8)''([^;]+)/.exec(disposition);
-    if (star) {
-      try {
-        return decodeURIComponent(star[1].trim().replace(/^"|"$/g, ""));
-      } catch (_) { /* fall through */ }
-    }
-    const plain = /filename\s*=\s*("([^"]*)"|[^;]+)/i.exec(disposition);
-    if (plain) return (plain[2] !== undefined ? plain[2] : plain[1]).trim() || fallback;
-    return fallback;
+  // ---- downloads: what the page shows, with the settings that produced it (no request)
+
+  const FORMULA_START = /^[=+\-@\t\r]/;
+
+  function csvCell(value) {
+    let s = value === null || value === undefined ? "" : String(value);
+    if (FORMULA_START.test(s)) s = `'${s}`; // a spreadsheet would run it as a formula
+    return /[",\n\r]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s;
   }
 
-  async function download(format) {
-    if (!state.files.length || !canQuery()) return;
-    const btn = format === "csv" ? el.downloadCsv : el.downloadJson;
-    btn.disabled = true;
-    setStatus(`Preparing the ${format.toUpperCase()} download…`, "busy");
-    try {
-      const resp = await apiFetch(`${ENDPOINT}?format=${format}`, { method: "POST", body: buildForm() });
-      if (!resp.ok) throw await httpError(resp);
-      const blob = await resp.blob();
-      const name = filenameFrom(resp.headers.get("Content-Disposition"), `${DOWNLOAD_NAME}.${format}`);
-      const url = URL.createObjectURL(blob);
-      const a = document.createElement("a");
-      a.href = url;
-      a.download = name;
-      a.rel = "noopener";
-      a.style.display = "none";
-      document.body.append(a);
-      a.click();
-      a.remove();
-      setTimeout(() => URL.revokeObjectURL(url), 10000);
-      setStatus(`Downloaded ${name} (${fmtBytes(blob.size)}).`, "ok");
-    } catch (err) {
-      setStatus(`Download failed: ${err.message}`, "error");
-    } finally {
-      updateDownloadButtons();
+  function toCsv(view) {
+    const e = view.ensemble || {};
+    const pairs = (o, d) => Object.entries(o).map(([k, v]) => `${k}=${Number(v).toFixed(d)}`).join(";");
+    const tail = [e.name || "", e.registered_model || "", e.version ?? "", view.aggregation,
+      pairs(view.weights, 4), pairs(view.thresholds, 4)];
+    const head = ["file", "duration_s", "instruments", ...view.labels, "error", "ensemble", "registered_model",
+      "version", "aggregation", "weights", "thresholds"];
+    const rows = [head];
+    for (const r of view.results) {
+      if (r.error) {
+        rows.push([r.file, "", "", ...view.labels.map(() => ""), r.error, ...tail]);
+      } else {
+        rows.push([r.file, Number(r.duration_s).toFixed(3), r.instruments.join(";"),
+          ...view.labels.map((c) => Number(r.scores[c]).toFixed(4)), "", ...tail]);
+      }
     }
+    return rows.map((row) => row.map(csvCell).join(",")).join("\n") + "\n";
+  }
+
+  function download(format) {
+    if (!state.view || state.stale) return;
+    const view = state.view;
+    const text = format === "csv" ? toCsv(view) : JSON.stringify(view, null, 2);
+    const blob = new Blob([text], { type: format === "csv" ? "text/csv" : "application/json" });
+    const name = `${DOWNLOAD_NAME}.${format}`;
+    const url = URL.createObjectURL(blob);
+    const a = document.createElement("a");
+    a.href = url;
+    a.download = name;
+    a.rel = "noopener";
+    a.style.display = "none";
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+    setStatus(`Downloaded ${name} (${fmtBytes(blob.size)}).`, "ok");
   }
 
   // ---------------------------------------------------------------- results table
@@ -692,11 +943,16 @@
       canvas.setAttribute("role", "img");
       const found = (r.instruments || []).map((c) => state.labelName[c] || c);
       canvas.setAttribute("aria-label", `Timeline heat map of ${r.file}: instrument scores over `
-        + `${fmtTime(Number(r.duration_s), 0.1)}; detected: ${found.length ? found.join(", ") : "none"}.`);
+        + `${fmtTime(Number(r.duration_s), 0.1)}; detected: ${found.length ? found.join(", ") : "none"}. `
+        + "Arrow keys read the score of each window and instrument.");
+      canvas.tabIndex = 0; // keyboard access to the per-window values
       canvas._result = r;
       canvas._codes = codes;
       canvas._thresholds = thresholds;
+      const prev = state.cursors[r.file];
+      canvas._cursor = prev && prev.col < segs.length ? prev : null;
       attachTip(canvas);
+      attachKeys(canvas);
       fig.append(cap, canvas);
       if (!segs.length) {
         const p = document.createElement("p");
@@ -706,7 +962,15 @@
       }
       cards.push(fig);
     });
+    const focused = document.activeElement && document.activeElement.closest
+      && document.activeElement.closest("#timelines figure");
+    const refocus = focused ? focused.dataset.file : null;
     el.timelines.replaceChildren(...cards);
+    el.timelines.classList.remove("stale");
+    if (refocus !== null) { // the controls moved while a heat map had focus: keep it
+      const again = cards.find((c) => c.dataset.file === refocus);
+      if (again) again.querySelector("canvas").focus({ preventScroll: true });
+    }
     if (!cards.length && results.length) {
       const p = document.createElement("p");
       p.className = "hint";
@@ -780,6 +1044,40 @@
       });
     });
 
+    // Threshold marks: a white bar along the bottom of every window whose score reaches the row's threshold.
+    const th = canvas._thresholds || {};
+    const marks = [];
+    segs.forEach((s, k) => {
+      const t0 = Number(s.start_s) || 0;
+      const next = k + 1 < segs.length ? Number(segs[k + 1].start_s) : Number(s.end_s);
+      const t1 = Math.max(t0, Math.min(Number(s.end_s) || next, next));
+      g.codes.forEach((code, row) => {
+        const t = Number(th[code]);
+        const p = Number(s.scores ? s.scores[code] : NaN);
+        if (!(Number.isFinite(t) && Number.isFinite(p) && p >= t)) return;
+        ctx.fillStyle = "#ffffff";
+        ctx.fillRect(x(t0), g.top + (row + 1) * g.rowH - 4, Math.max(1, x(t1) - x(t0)) + 0.5, 3);
+        marks.push(`${k}:${row}`);
+      });
+    });
+    canvas.dataset.marks = String(marks.length);
+
+    // The keyboard cursor (focused heat map): a double outline, visible on every colour.
+    const cur = canvas._cursor;
+    if (cur && document.activeElement === canvas && segs[cur.col]) {
+      const s = segs[cur.col];
+      const next = cur.col + 1 < segs.length ? Number(segs[cur.col + 1].start_s) : Number(s.end_s);
+      const x0 = x(Number(s.start_s));
+      const w = Math.max(3, x(next) - x0);
+      const y0 = g.top + cur.row * g.rowH;
+      ctx.lineWidth = 2;
+      ctx.strokeStyle = "#000000";
+      ctx.strokeRect(x0 + 1, y0 + 1, w - 2, g.rowH - 3);
+      ctx.lineWidth = 1;
+      ctx.strokeStyle = "#ffffff";
+      ctx.strokeRect(x0 - 0.5, y0 - 0.5, w + 1, g.rowH);
+    }
+
     // Row labels; detected instruments in bold with a marker.
     ctx.textBaseline = "middle";
     g.codes.forEach((code, row) => {
@@ -842,14 +1140,75 @@
       const t = ((px - g.gutter) / g.plotW) * g.duration;
       let seg = r.segments[0];
       for (const s of r.segments) if (Number(s.start_s) <= t) seg = s;
-      const code = g.codes[row];
-      const p = Number(seg.scores && seg.scores[code]);
-      el.tip.textContent = `${state.labelName[code] || code} · ${Number(seg.start_s).toFixed(1)}–`
-        + `${Number(seg.end_s).toFixed(1)} s · score ${Number.isFinite(p) ? p.toFixed(3) : "–"}`;
+      el.tip.textContent = cellText(canvas, row, r.segments.indexOf(seg));
       el.tip.hidden = false;
       const tipW = el.tip.offsetWidth;
       el.tip.style.left = `${Math.min(window.innerWidth - tipW - 8, ev.clientX + 12)}px`;
       el.tip.style.top = `${ev.clientY + 14}px`;
+    });
+  }
+
+  /** The text for one heat-map cell: instrument, window, score and how it compares with the threshold. */
+  function cellText(canvas, row, col) {
+    const r = canvas._result;
+    const seg = r.segments[col];
+    const code = canvas._codes[row];
+    const p = Number(seg.scores && seg.scores[code]);
+    const t = Number((canvas._thresholds || {})[code]);
+    let text = `${state.labelName[code] || code} · ${Number(seg.start_s).toFixed(1)}–`
+      + `${Number(seg.end_s).toFixed(1)} s · score ${Number.isFinite(p) ? p.toFixed(3) : "–"}`;
+    if (Number.isFinite(t) && Number.isFinite(p)) {
+      text += ` · ${p >= t ? "reaches" : "below"} the threshold ${t.toFixed(2)}`;
+    }
+    return text;
+  }
+
+  function attachKeys(canvas) {
+    const show = () => {
+      const r = canvas._result;
+      const n = Array.isArray(r.segments) ? r.segments.length : 0;
+      if (!n) return;
+      const cur = canvas._cursor || { row: 0, col: 0 };
+      canvas._cursor = cur;
+      state.cursors[r.file] = cur;
+      const text = cellText(canvas, cur.row, cur.col);
+      canvas.dataset.cursor = `${cur.row},${cur.col}`;
+      canvas.setAttribute("aria-description", text);
+      el.live.textContent = text;
+      el.tip.textContent = text;
+      el.tip.hidden = false;
+      drawTimeline(canvas);
+      const g = canvas._geo;
+      const rect = canvas.getBoundingClientRect();
+      const seg = r.segments[cur.col];
+      const left = rect.left + g.x(Number(seg.start_s));
+      el.tip.style.left = `${Math.max(8, Math.min(window.innerWidth - el.tip.offsetWidth - 8, left))}px`;
+      el.tip.style.top = `${rect.top + g.top + (cur.row + 1) * g.rowH + 6}px`;
+    };
+    canvas.addEventListener("focus", show);
+    canvas.addEventListener("blur", () => {
+      el.tip.hidden = true;
+      drawTimeline(canvas);
+    });
+    canvas.addEventListener("keydown", (ev) => {
+      const r = canvas._result;
+      const n = Array.isArray(r.segments) ? r.segments.length : 0;
+      if (!n) return;
+      const cur = canvas._cursor || { row: 0, col: 0 };
+      const rows = canvas._codes.length;
+      const page = Math.max(1, Math.round(n / 10));
+      const moves = {
+        ArrowLeft: [0, -1], ArrowRight: [0, 1], ArrowUp: [-1, 0], ArrowDown: [1, 0],
+        PageUp: [0, -page], PageDown: [0, page], Home: [0, -n], End: [0, n],
+      };
+      const mv = moves[ev.key];
+      if (!mv) return;
+      ev.preventDefault();
+      canvas._cursor = {
+        row: Math.min(rows - 1, Math.max(0, cur.row + mv[0])),
+        col: Math.min(n - 1, Math.max(0, cur.col + mv[1])),
+      };
+      show();
     });
   }
 
@@ -1091,13 +1450,13 @@
   el.thresholdTuned.addEventListener("change", () => {
     state.thresholdMode = el.thresholdTuned.checked ? "tuned" : "global";
     updateThresholdUi();
-    scheduleAnalyse(0);
+    scheduleRefresh();
   });
   el.threshold.addEventListener("input", () => {
     state.threshold = Number(el.threshold.value);
     state.thresholdMode = "global";
     updateThresholdUi();
-    scheduleAnalyse();
+    scheduleRefresh();
   });
   el.downloadCsv.addEventListener("click", () => download("csv"));
   el.downloadJson.addEventListener("click", () => download("json"));

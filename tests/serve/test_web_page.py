@@ -8,19 +8,25 @@ page that silently ignores a control fails. Screenshots go to ``test-artifacts/`
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
 import io
 import json
 import re
 import struct
+import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import soundfile as sf
+
+from tests.serve.conftest import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -47,17 +53,28 @@ SR = 22050
 # what the page hands to fetch(): form fields as text, files by name/size/type (the Blob kept for reading).
 FETCH_SPY = """
 window.__sent = [];
+const record = (url, body) => {
+  const entry = {url: String(url), fields: {}, files: []};
+  for (const [k, v] of body.entries()) {
+    if (v instanceof Blob) entry.files.push({field: k, name: v.name, size: v.size, type: v.type, blob: v});
+    else entry.fields[k] = v;
+  }
+  window.__sent.push(entry);
+};
 const realFetch = window.fetch;
 window.fetch = function (input, init) {
-  if (init && init.body instanceof FormData) {
-    const entry = {url: String(input), fields: {}, files: []};
-    for (const [k, v] of init.body.entries()) {
-      if (v instanceof Blob) entry.files.push({field: k, name: v.name, size: v.size, type: v.type, blob: v});
-      else entry.fields[k] = v;
-    }
-    window.__sent.push(entry);
-  }
+  if (init && init.body instanceof FormData) record(input, init.body);
   return realFetch.apply(this, arguments);
+};
+const realOpen = XMLHttpRequest.prototype.open;
+XMLHttpRequest.prototype.open = function (method, url) {
+  this.__url = url;
+  return realOpen.apply(this, arguments);
+};
+const realSend = XMLHttpRequest.prototype.send;
+XMLHttpRequest.prototype.send = function (body) {
+  if (body instanceof FormData) record(this.__url, body);
+  return realSend.apply(this, arguments);
 };
 """
 
@@ -158,6 +175,37 @@ def page(browser: Browser, serve_url: str) -> Iterator[Page]:
     yield page
     page.context.close()
     assert not errors, f"the page logged errors: {errors}"
+
+
+@pytest.fixture
+def local_page(browser: Browser, local_url: str) -> Iterator[Page]:
+    """The page on the in-process app under uvicorn (no Ray): for what the page does with an answer."""
+    page, errors = _open_page(browser, local_url, viewport={"width": 1280, "height": 900})
+    yield page
+    page.context.close()
+    assert not errors, f"the page logged errors: {errors}"
+
+
+@contextlib.contextmanager
+def uvicorn_url(app: Any) -> Iterator[str]:
+    """Serve ``app`` on a free 127.0.0.1 port in a thread (for apps a test configures itself)."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, name="uvicorn-test-app", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -299,114 +347,6 @@ def test_upload_two_files_shows_a_row_each(
     expect(page.locator("#file-summary")).to_contain_text("2 files")
     expect(page.locator("#download-csv")).to_be_enabled()
     page.screenshot(path=str(artifacts_dir / "web-page-desktop.png"), full_page=True)
-
-
-def test_weight_slider_changes_scores(page: Page, audio: dict[str, Path]) -> None:
-    before = upload(page, [audio["tone"], audio["noise"]])
-    members = members_of(page)
-    assert len(members) >= 2, "the smoke ensemble should have two members"
-    dropped, kept = members[0], members[1:]
-    old_scores, old_texts = shown_scores(page), shown_texts(page)
-
-    sent, after = query(page, lambda: page.get_by_test_id(f"weight-slider-{dropped}").fill("0"))
-    weights = json.loads(sent["fields"]["weights"])
-    assert weights[dropped] == 0 and all(weights[m] > 0 for m in kept)
-    assert [f["name"] for f in sent["files"]] == ["tone-a440.wav", "noise-burst.wav"]  # the same files again
-    assert after["weights"].get(dropped, 0) == 0  # the API lists the members it called
-    expect(page.get_by_test_id(f"weight-pct-{dropped}")).to_have_text("0 %")
-    expect(page.locator(f".weight-row[data-member='{dropped}']")).to_have_class(re.compile("dropped"))
-    expect(page.locator("#status")).to_have_attribute("data-state", "ok")
-    assert_table_matches(page, after)  # the table shows the new answer
-    change = max(
-        abs(a["scores"][c] - b["scores"][c])
-        for a, b in zip(before["results"], after["results"], strict=True)
-        for c in a["scores"]
-    )
-    if change < 0.0015:  # below what 3 shown decimals are sure to reveal
-        pytest.xfail(
-            f"the served members score (nearly) identically (max change {change:.4f}), so dropping "
-            f"{dropped!r} cannot visibly change the fused scores (untrained members with one seed?)"
-        )
-    page.wait_for_function(
-        "old => JSON.stringify([...document.querySelectorAll("
-        "'#results-table td.score .val')].map(e => e.textContent)) !== old",
-        arg=json.dumps(old_texts),
-    )
-    assert shown_scores(page) != old_scores, "dropping a member must change the shown scores"
-    assert shown_texts(page) != old_texts, "the shown (rounded) scores must change too"
-
-    # Every member at 0 %: the page explains instead of sending a request the API would refuse.
-    sent_requests: list[Request] = []
-    page.on("request", lambda r: sent_requests.append(r) if _is_analyze(r) else None)
-    n = sent_count(page)
-    for m in kept:
-        page.get_by_test_id(f"weight-slider-{m}").fill("0")
-    expect(page.locator("#status")).to_have_attribute("data-state", "warn")
-    expect(page.locator("#status")).to_contain_text("at least one model")
-    page.wait_for_timeout(400)  # longer than the debounce
-    assert sent_requests == [] and sent_count(page) == n
-    _, reset = query(page, lambda: page.click("#reset-weights"))
-    assert_table_matches(page, reset)
-    assert_table_matches(page, before)  # tuned weights again: the first answer's scores
-
-
-def test_threshold_changes_instruments(page: Page, audio: dict[str, Path]) -> None:
-    upload(page, [audio["tone"], audio["noise"]])
-    seen: dict[float, dict[str, list[str]]] = {}
-    for thr in (0.01, 0.99):
-        sent, data = query(page, lambda t=thr: page.fill("#threshold", str(t)))
-        assert float(sent["fields"]["threshold"]) == pytest.approx(thr)
-        assert all(t == pytest.approx(thr) for t in data["thresholds"].values())
-        expect(page.locator("#threshold-value")).to_have_text(f"{thr:.2f}")
-        expect(page.locator("#threshold-tuned")).not_to_be_checked()
-        expect(page.locator("#results-table thead tr.thresholds-row th.label-col").first).to_have_text(
-            f"≥ {thr:.2f}"
-        )
-        page.wait_for_function(
-            "thr => [...document.querySelectorAll('#results-table tbody tr.result-row')].every(r =>"
-            " [...r.querySelectorAll('td.score')].every(td => td.classList.contains('hit') ==="
-            " (r.dataset.status === 'ok' && Number(td.dataset.score) >= thr)))",
-            arg=thr,
-        )
-        assert_table_matches(page, data)
-        seen[thr] = shown_instruments(page)
-        for r in data["results"]:  # chips are exactly the labels whose score reaches the threshold
-            expected = [] if r.get("silent") else [c for c in data["labels"] if r["scores"][c] >= thr]
-            assert seen[thr][r["file"]] == expected
-    assert seen[0.01] != seen[0.99], "moving the threshold must change the reported instruments"
-    assert all(set(seen[0.99][f]) <= set(seen[0.01][f]) for f in seen[0.01])
-
-    # Back to the spec's tuned per-class thresholds: the request carries no threshold.
-    sent, data = query(page, lambda: page.check("#threshold-tuned"))
-    assert "threshold" not in sent["fields"]
-    assert_table_matches(page, data)
-
-
-def test_downloads_csv_and_json(page: Page, audio: dict[str, Path]) -> None:
-    data = upload(page, [audio["tone"], audio["noise"]])
-    files = [r["file"] for r in data["results"]]
-
-    with page.expect_download() as dl_info, page.expect_request(_is_analyze) as req_info:
-        page.click("#download-csv")
-    assert "format=csv" in req_info.value.url
-    dl = dl_info.value
-    assert page.evaluate("window.__sent.at(-1).files.map(f => f.name)") == files
-    assert dl.suggested_filename == "wav-files-instruments-predictions.csv"
-    rows = list(csv.reader(io.StringIO(Path(dl.path()).read_text())))
-    header, body = rows[0], [r for r in rows[1:] if any(c.strip() for c in r)]
-    assert header[0].strip().lower() == "file"
-    assert len(body) == 2
-    assert [r[0] for r in body] == files
-    expect(page.locator("#status")).to_contain_text("Downloaded wav-files-instruments-predictions.csv")
-
-    with page.expect_download() as dl_info:
-        page.click("#download-json")
-    dl = dl_info.value
-    assert dl.suggested_filename == "wav-files-instruments-predictions.json"
-    doc = json.loads(Path(dl.path()).read_text())
-    assert len(doc["results"]) == 2
-    assert [r["file"] for r in doc["results"]] == files
-    assert all(set(r["scores"]) == set(data["labels"]) for r in doc["results"])
 
 
 def test_record_from_fake_microphone(page: Page) -> None:
@@ -599,5 +539,363 @@ def test_api_key_prompt_when_the_server_requires_one(browser: Browser, serve_url
         expect(page.locator("[data-testid^=weight-slider-]").first).to_be_visible()
         expect(page.locator("#api-key-form")).to_be_hidden()
         assert seen[0] is None and seen[-1] == "s3cret"
+    finally:
+        ctx.close()
+
+
+# ----------------------------------------------------------------------------- re-weighing in the browser
+
+
+def analyze_requests(page: Page) -> list[Request]:
+    """Start recording every request the page makes to the analysis endpoints."""
+    seen: list[Request] = []
+    page.on("request", lambda r: seen.append(r) if "/analyze_files/" in r.url else None)
+    return seen
+
+
+def server_answer(url: str, paths: list[Path], weights: dict[str, float], **data: str) -> dict[str, Any]:
+    """What the API answers for these files and weights (a fresh request from the test, not the page)."""
+    files = [("files", (p.name, p.read_bytes(), "audio/wav")) for p in paths]
+    r = httpx.post(url + ENDPOINT, files=files, data={"weights": json.dumps(weights), **data}, timeout=120)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def shown_view(page: Page) -> dict[str, Any]:
+    return dict(page.evaluate("JSON.parse(JSON.stringify(window.mpic.state.view))"))
+
+
+def test_weight_slider_reweighs_in_the_browser_without_a_request(
+    local_page: Page, local_url: str, audio: dict[str, Path]
+) -> None:
+    page, paths = local_page, [audio["tone"], audio["noise"]]
+    first = upload(page, paths)
+    assert first["windows"]["members"] == members_of(page)  # every member's window scores came back
+    sent = page.evaluate("window.__sent.map(e => ({url: e.url, n: e.files.length, fields: e.fields}))")
+    assert len(sent) == 1 and "windows=true" in sent[0]["url"] and "threshold" not in sent[0]["fields"]
+    assert_table_matches(page, first)
+    members = members_of(page)
+    requests = analyze_requests(page)
+    n_sent = sent_count(page)
+    for pcts in ({members[0]: 30, members[1]: 70}, {members[0]: 0, members[1]: 100}, {members[0]: 85}):
+        for m, pct in pcts.items():
+            page.get_by_test_id(f"weight-slider-{m}").fill(str(pct))
+        page.wait_for_timeout(300)  # longer than any debounce the page might have
+        assert requests == [] and sent_count(page) == n_sent, "a slider change must send nothing"
+        weights = {m: float(page.get_by_test_id(f"weight-slider-{m}").input_value()) for m in members}
+        want = server_answer(local_url, paths, weights)
+        view = shown_view(page)
+        assert view["weights"] == pytest.approx(want["weights"], abs=1e-6)
+        for mine, theirs in zip(view["results"], want["results"], strict=True):
+            assert mine["scores"] == pytest.approx(theirs["scores"], abs=1e-4)
+            assert mine["instruments"] == theirs["instruments"]
+            assert len(mine["segments"]) == len(theirs["segments"])
+            for a, b in zip(mine["segments"], theirs["segments"], strict=True):
+                assert a["scores"] == pytest.approx(b["scores"], abs=1e-4)
+                assert (a["start_s"], a["end_s"]) == pytest.approx((b["start_s"], b["end_s"]), abs=1e-3)
+        shown = shown_scores(page)
+        for r in want["results"]:
+            assert shown[r["file"]] == pytest.approx(r["scores"], abs=1e-4)
+        assert shown_instruments(page) == {r["file"]: r["instruments"] for r in want["results"]}
+        expect(page.get_by_test_id("answered-by")).to_contain_text("re-weighed in this browser")
+    # The global threshold is applied here too: chips are the labels whose shown score reaches it.
+    for thr in (0.01, 0.99):
+        page.fill("#threshold", str(thr))
+        page.wait_for_function(
+            "thr => [...document.querySelectorAll('#results-table tbody tr.result-row')].every(r =>"
+            " [...r.querySelectorAll('td.score')].every(td => td.classList.contains('hit') ==="
+            " (r.dataset.status === 'ok' && Number(td.dataset.score) >= thr)))",
+            arg=thr,
+        )
+        expect(page.locator("#results-table thead tr.thresholds-row th.label-col").first).to_have_text(
+            f"≥ {thr:.2f}"
+        )
+    page.check("#threshold-tuned")
+    page.click("#reset-weights")
+    page.wait_for_timeout(300)
+    assert requests == [] and sent_count(page) == n_sent
+    assert_table_matches(page, first)  # tuned weights and thresholds: the first answer exactly
+
+
+def test_all_weights_zero_marks_results_stale_and_not_downloadable(
+    local_page: Page, audio: dict[str, Path]
+) -> None:
+    page = local_page
+    upload(page, [audio["tone"]])
+    requests = analyze_requests(page)
+    expect(page.locator("#download-csv")).to_be_enabled()
+    for m in members_of(page):
+        page.get_by_test_id(f"weight-slider-{m}").fill("0")
+    expect(page.get_by_test_id("stale-note")).to_be_visible()
+    expect(page.get_by_test_id("stale-note")).to_contain_text("Out of date")
+    expect(page.locator("#results-table")).to_have_class(re.compile("stale"))
+    expect(page.locator("#timelines")).to_have_class(re.compile("stale"))
+    expect(page.locator("#download-csv")).to_be_disabled()
+    expect(page.locator("#download-json")).to_be_disabled()
+    expect(page.locator("#status")).to_have_attribute("data-state", "warn")
+    page.get_by_test_id(f"weight-slider-{members_of(page)[0]}").fill("40")
+    expect(page.get_by_test_id("stale-note")).to_be_hidden()
+    expect(page.locator("#results-table")).not_to_have_class(re.compile("stale"))
+    expect(page.locator("#download-csv")).to_be_enabled()
+    assert requests == []
+
+
+def test_failed_reanalysis_clears_the_old_results(local_page: Page, audio: dict[str, Path]) -> None:
+    page = local_page
+    upload(page, [audio["tone"]])
+    page.route(
+        re.compile(r".*/analyze_files/.*"),
+        lambda route: route.fulfill(
+            status=503,
+            content_type="application/json",
+            headers={"Retry-After": "5"},
+            body=json.dumps({"detail": "member 'res_bpm' is unavailable: overloaded"}),
+        ),
+    )
+    page.set_input_files("#file-input", [str(audio["noise"])])
+    expect(page.locator("#status")).to_have_attribute("data-state", "error")
+    expect(page.locator("#status")).to_contain_text("overloaded")
+    expect(page.locator(ROWS)).to_have_count(0)
+    expect(page.locator("#results-table tbody")).to_contain_text("the last analysis failed")
+    expect(page.locator("#timelines canvas")).to_have_count(0)
+    expect(page.locator("#download-csv")).to_be_disabled()
+    expect(page.locator("#download-json")).to_be_disabled()
+
+
+def test_downloads_record_weights_thresholds_and_version(local_page: Page, audio: dict[str, Path]) -> None:
+    page = local_page
+    data = upload(page, [audio["tone"], audio["noise"]])
+    members = members_of(page)
+    page.get_by_test_id(f"weight-slider-{members[0]}").fill("25")
+    page.fill("#threshold", "0.3")
+    requests = analyze_requests(page)
+    view = shown_view(page)
+    with page.expect_download() as dl_info:
+        page.click("#download-csv")
+    dl = dl_info.value
+    assert dl.suggested_filename == "wav-files-instruments-predictions.csv"
+    rows = list(csv.DictReader(io.StringIO(Path(dl.path()).read_text())))
+    assert [r["file"] for r in rows] == [r["file"] for r in data["results"]]
+    ens = data["ensemble"]
+    for row, r in zip(rows, view["results"], strict=True):
+        assert row["ensemble"] == ens["name"]
+        assert row["registered_model"] == (ens["registered_model"] or "")
+        assert row["version"] == ("" if ens["version"] is None else str(ens["version"]))
+        assert row["aggregation"] == data["aggregation"]
+        weights = dict(kv.split("=") for kv in row["weights"].split(";"))
+        assert {m: float(w) for m, w in weights.items()} == pytest.approx(view["weights"], abs=1e-4)
+        assert float(weights[members[0]]) == pytest.approx(0.25 / 1.25 if len(members) == 2 else 0, abs=0.2)
+        thresholds = dict(kv.split("=") for kv in row["thresholds"].split(";"))
+        assert set(thresholds) == set(data["labels"]) and all(float(t) == 0.3 for t in thresholds.values())
+        assert {c: float(row[c]) for c in data["labels"]} == pytest.approx(r["scores"], abs=1e-4)
+        assert (row["instruments"].split(";") if row["instruments"] else []) == r["instruments"]
+    expect(page.locator("#status")).to_contain_text("Downloaded wav-files-instruments-predictions.csv")
+
+    with page.expect_download() as dl_info:
+        page.click("#download-json")
+    doc = json.loads(Path(dl_info.value.path()).read_text())
+    assert doc["ensemble"] == ens and doc["aggregation"] == data["aggregation"]
+    assert doc["weights"] == pytest.approx(view["weights"])
+    assert doc["thresholds"] == {c: 0.3 for c in data["labels"]}
+    assert [r["scores"] for r in doc["results"]] == [r["scores"] for r in view["results"]]
+    assert requests == [], "downloads are written by the page from what it shows: nothing is uploaded"
+
+
+# ----------------------------------------------------------------------------- accessibility
+
+
+def test_tab_order_and_focus_ring(local_page: Page, audio: dict[str, Path]) -> None:
+    page = local_page
+    upload(page, [audio["tone"]])
+    page.locator("body").focus()
+    page.evaluate("document.activeElement.blur()")
+    order: list[str] = []
+    for _ in range(40):
+        page.keyboard.press("Tab")
+        order.append(page.evaluate("(e => e.id || e.dataset.testid || e.tagName)(document.activeElement)"))
+        if order[-1] == "timeline-0":
+            break
+    assert "file-input" not in order, order  # the hidden input takes no tab stop
+    assert "pick-btn" in order and order.index("pick-btn") < order.index("record-btn"), order
+    assert order[-1] == "timeline-0", f"the heat map must be reachable by keyboard: {order}"
+    # Keyboard focus (Tab) on the choose button shows a visible ring.
+    page.evaluate("document.activeElement.blur()")
+    while page.evaluate("document.activeElement.id") != "pick-btn":
+        page.keyboard.press("Tab")
+    style = page.evaluate(
+        "(() => { const s = getComputedStyle(document.activeElement);"
+        " return {style: s.outlineStyle, width: parseFloat(s.outlineWidth), visible:"
+        " document.activeElement.matches(':focus-visible')}; })()"
+    )
+    assert style["visible"] and style["style"] != "none" and style["width"] >= 2, style
+
+
+def test_heat_map_keyboard_values_and_threshold_marks(local_page: Page, audio: dict[str, Path]) -> None:
+    page = local_page
+    data = upload(page, [audio["tone"]])
+    r = data["results"][0]
+    scores = sorted(s["scores"][c] for s in r["segments"] for c in data["labels"])
+    thr = round(scores[len(scores) // 2], 2)  # about half the cells reach it
+    page.fill("#threshold", str(thr))
+    canvas = page.get_by_test_id("timeline-0")
+    page.wait_for_function("() => document.querySelector('#timelines canvas').dataset.marks !== undefined")
+    marks = canvas.evaluate(
+        """(c, segs) => {
+        const p = JSON.parse(c.dataset.plot), k = c.width / p.cssWidth, ctx = c.getContext('2d');
+        const out = [];
+        segs.forEach((s, i) => {
+            const t1 = i + 1 < segs.length ? segs[i + 1].start_s : s.end_s;
+            const x = p.left + ((s.start_s + t1) / 2 / p.duration) * p.width;
+            p.codes.forEach((code, row) => {
+                const y = p.top + (row + 1) * p.rowH - 2.5;
+                const px = ctx.getImageData(Math.round(x * k), Math.round(y * k), 1, 1).data;
+                out.push([s.scores[code], px[0] > 250 && px[1] > 250 && px[2] > 250]);
+            });
+        });
+        return out;
+    }""",
+        r["segments"],
+    )
+    marked = [white for _, white in marks]
+    assert any(marked) and not all(marked), "some windows reach the threshold, some do not"
+    for score, white in marks:
+        if abs(score - thr) > 1e-3:  # rounding of the shown score aside
+            assert white == (score >= thr), (score, thr)
+    # Keyboard: focus the heat map, move with the arrow keys, read the value (live region and tooltip).
+    canvas.focus()
+    page.keyboard.press("ArrowRight")
+    page.keyboard.press("ArrowDown")
+    seg, code = r["segments"][1] if len(r["segments"]) > 1 else r["segments"][0], data["labels"][1]
+    live = page.get_by_test_id("timeline-live")
+    expect(live).to_contain_text(f"score {seg['scores'][code]:.3f}")
+    expect(live).to_contain_text(f"{seg['start_s']:.1f}–{seg['end_s']:.1f} s")
+    expect(live).to_contain_text("reaches" if seg["scores"][code] >= thr else "below")
+    expect(page.locator("#timeline-tip")).to_be_visible()
+    assert canvas.get_attribute("data-cursor") == ("1,1" if len(r["segments"]) > 1 else "1,0")
+    page.keyboard.press("End")
+    expect(live).to_contain_text(f"{r['segments'][-1]['start_s']:.1f}–")
+    assert canvas.get_attribute("tabindex") == "0"
+
+
+def test_page_names_the_ensemble_that_answered(local_page: Page, audio: dict[str, Path]) -> None:
+    data = upload(local_page, [audio["tone"]])
+    shown = local_page.get_by_test_id("answered-by")
+    expect(shown).to_contain_text(f"ensemble {data['ensemble']['name']}")
+    expect(shown).to_contain_text("not registered" if data["ensemble"]["version"] is None else "v")
+
+
+# ----------------------------------------------------------------------------- limits and progress
+
+
+class SlowBackend:
+    """Wraps a backend and delays every score call (a long analysis, to watch the progress)."""
+
+    def __init__(self, inner: Any, delay_s: float) -> None:
+        self.inner, self.delay_s, self.members = inner, delay_s, list(inner.members)
+
+    def sample_rate(self, member: str) -> int:
+        return int(self.inner.sample_rate(member))
+
+    async def score(self, member: str, song: Any) -> Any:
+        import asyncio
+
+        await asyncio.sleep(self.delay_s)
+        return await self.inner.score(member, song)
+
+
+@pytest.fixture(scope="module")
+def small_slow_url(api_cfg: Any, local_backend: Any) -> Iterator[str]:
+    """An app that accepts at most 1.5 MB per request and takes 1.5 s per member call."""
+    from ml.config import Config, deep_merge
+    from serve.api import create_api
+
+    cfg = Config.model_validate(
+        deep_merge(api_cfg.snapshot(), {"serve": {"limits": {"max_upload_bytes": 1_500_000}}})
+    )
+    with uvicorn_url(create_api(cfg, SlowBackend(local_backend, 1.5))) as url:
+        yield url
+
+
+def test_size_limit_message_suggests_flac_or_mp3(
+    browser: Browser, small_slow_url: str, tmp_path: Path
+) -> None:
+    page, errors = _open_page(browser, small_slow_url)
+    try:
+        big = tmp_path / "five-seconds-stereo.wav"  # 5 s of 44.1 kHz stereo 16-bit: 0.9 MB each
+        sf.write(big, np.zeros((5 * 44100, 2), np.float32) + 0.1, 44100, subtype="PCM_16")
+        other = tmp_path / "copy.wav"
+        other.write_bytes(big.read_bytes())
+        requests = analyze_requests(page)
+        page.set_input_files("#file-input", [str(big), str(other)])
+        status = page.locator("#status")
+        expect(status).to_have_attribute("data-state", "error")
+        for words in ("too large", "1.4 MB", "FLAC", "MP3"):
+            expect(status).to_contain_text(words)
+        assert requests == []
+    finally:
+        page.context.close()
+    assert not errors, errors
+
+
+def test_progress_while_uploading_and_analysing(
+    browser: Browser, small_slow_url: str, tmp_path: Path
+) -> None:
+    page, errors = _open_page(browser, small_slow_url)
+    try:
+        wav = tmp_path / "long.wav"
+        sf.write(wav, _tone(8.0, 44100, 220.0), 44100, subtype="PCM_16")  # 0.7 MB
+        page.evaluate("""() => {
+            window.__phases = [];
+            const p = document.querySelector('#progress');
+            new MutationObserver(() => {
+                const ph = p.dataset.phase || '';
+                if (window.__phases.at(-1) !== ph) window.__phases.push(ph);
+            }).observe(p, {attributes: true, attributeFilter: ['data-phase']});
+        }""")
+        page.set_input_files("#file-input", [str(wav)])
+        progress = page.get_by_test_id("progress")
+        expect(progress).to_be_visible()
+        expect(progress).to_contain_text("analysing", timeout=10_000)
+        expect(page.locator("#progress-bar")).to_be_visible()
+        expect(page.locator(ROWS)).to_have_count(1, timeout=60_000)
+        expect(progress).to_be_hidden()
+        phases = page.evaluate("window.__phases")
+        assert phases[:1] == ["upload"] and "analyse" in phases and phases[-1] == "", phases
+    finally:
+        page.context.close()
+    assert not errors, errors
+
+
+# ----------------------------------------------------------------------------- API docs offline
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc"])
+def test_api_docs_render_without_internet(browser: Browser, local_url: str, path: str) -> None:
+    ctx = browser.new_context()
+    blocked: list[str] = []
+
+    def only_local(route: Any) -> None:
+        if route.request.url.startswith(local_url + "/"):
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort()
+
+    ctx.route("**/*", only_local)
+    page = ctx.new_page()
+    try:
+        page.goto(local_url + path)
+        if path == "/docs":
+            ops = page.locator(".swagger-ui .opblock")
+            expect(ops.first).to_be_visible(timeout=30_000)
+            assert ops.count() >= 4
+            expect(page.locator(".swagger-ui")).to_contain_text("/analyze_files/multi_model")
+        else:
+            ops = page.locator("[data-section-id^='operation/']")
+            expect(ops.first).to_be_attached(timeout=30_000)
+            assert ops.count() >= 4
+            expect(page.locator("h2", has_text="Analyse files with the fused ensemble")).to_be_visible()
+            expect(page.locator("body")).to_contain_text("member_thresholds")  # the typed schema
+        assert not [u for u in blocked if not u.startswith("data:")], blocked
     finally:
         ctx.close()
