@@ -249,6 +249,10 @@ class TrainConfig(_Strict):
     # A training crop is labelled with the clip's instruments that play in at least this fraction of it
     # (clips with recorded per-label activity, e.g. rendered polyphonic clips); others keep clip labels.
     crop_min_active: Annotated[float, Field(ge=0, le=1)] = 0.3
+    # Members with a frozen pretrained trunk (musicnn, freeze: true): embed this many augmented passes over
+    # the training clips once (stopping early at time_budget_s), then train only the head on the cached
+    # embeddings, one pass over them per epoch (ml/head_cache.py). 0: every step runs the trunk.
+    head_views: Annotated[int, Field(ge=0)] = 0
     amp: bool = True
     seed: int = 0
     num_workers: Annotated[int, Field(ge=1)] = 1

@@ -33,6 +33,7 @@ from ml.data.cache import ClipStore, build_store
 from ml.data.irmas import build_manifest
 from ml.data.manifest import ClipRecord, Manifest
 from ml.fusion import aggregate
+from ml.head_cache import EmbeddingCache, build_cache, has_frozen_trunk, window_embeddings
 from ml.inference import frame_windows, pick_device, window_starts
 from ml.models import Classifier, build_classifier, classifier_spec
 
@@ -353,13 +354,19 @@ def _validate(
     """Window-level BCE and clip-level metrics (mean aggregation, fixed threshold) on the held-out fold."""
     windows, owner = _clip_windows(data.store, val_idx, cfg.inference.window_s, hop_s)
     logits = _score(model, windows, device, cfg.inference.batch_size)
-    y_win = data.targets[val_idx][owner]
+    return _val_metrics(logits, owner, data.targets[val_idx], cfg.inference.threshold)
+
+
+def _val_metrics(
+    logits: np.ndarray, owner: np.ndarray, y: np.ndarray, threshold: float
+) -> tuple[dict[str, float], list[np.ndarray]]:
+    """Validation metrics of window logits (W, C) whose clip positions are ``owner``; clip labels ``y``."""
+    y_win = y[owner]
     loss = float(F.binary_cross_entropy_with_logits(torch.from_numpy(logits), torch.from_numpy(y_win)))
     probs = 1.0 / (1.0 + np.exp(-logits))
-    per_clip = [probs[owner == j] for j in range(len(val_idx))]
+    per_clip = [probs[owner == j] for j in range(len(y))]
     clip_scores = np.stack([aggregate(w, "mean") for w in per_clip])
-    y = data.targets[val_idx]
-    y_pred = (clip_scores >= cfg.inference.threshold).astype(np.float32)
+    y_pred = (clip_scores >= threshold).astype(np.float32)
     return {
         "val_loss": loss,
         "val_micro_f1": float(metrics.micro_f1(y, y_pred)),
@@ -462,6 +469,34 @@ def fit(
 
     train_t = torch.from_numpy(train_idx)
     spent = sum(h.get("train_s", 0.0) for h in history)  # training-step seconds so far (for time_budget_s)
+
+    def draw(idx: torch.Tensor, g: torch.Generator) -> Batch:
+        wave, target = cropper(idx, g)
+        batch = Batch(wave=wave, target=target, genre=genre[idx].to(device), tempo=tempo[idx].to(device))
+        return augmenter(batch, g)
+
+    # A frozen pretrained trunk: embed augmented views once, then train only the head (ml/head_cache.py).
+    # Data-parallel ranks would each train the head outside the DDP wrapper, so they keep the full path.
+    cache: EmbeddingCache | None = None
+    val_emb: torch.Tensor | None = None
+    if tc.head_views and world == 1 and has_frozen_trunk(model):
+        model.train()
+        augmenter.train()
+        cache = build_cache(
+            model,
+            draw,
+            train_t,
+            views=tc.head_views,
+            batch_size=tc.batch_size,
+            seed=tc.seed * 7919 + fold + 1,
+            time_budget_s=tc.time_budget_s,
+        )
+        val_windows, val_owner = _clip_windows(
+            data.store, val_idx, cfg.inference.window_s, tc.val_windows_hop_s
+        )
+        val_emb = window_embeddings(model, val_windows, device, cfg.inference.batch_size)
+        train_t = torch.arange(len(cache))
+        steps = math.ceil(len(cache) / tc.batch_size)  # an epoch is one pass over the cached views
     for epoch in range(start_epoch, tc.epochs):
         net.train()
         augmenter.train()
@@ -473,6 +508,7 @@ def fit(
         for step in range(steps):
             if (
                 tc.time_budget_s is not None
+                and cache is None  # with a cache the budget went into the views; head epochs cost ms
                 and steps_done
                 and spent + time.perf_counter() - t_epoch >= tc.time_budget_s
             ):
@@ -482,20 +518,26 @@ def fit(
             idx = perm[a : a + tc.batch_size]
             if len(idx) < min(tc.batch_size, len(perm)):  # wrap so every step has a full batch
                 idx = torch.cat([idx, perm[: tc.batch_size - len(idx)]])
-            wave, target = cropper(idx, gen)
-            batch = Batch(
-                wave=wave,
-                target=target,
-                genre=genre[idx].to(device),
-                tempo=tempo[idx].to(device),
-            )
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t_data += time.perf_counter() - t0
-            batch = augmenter(batch, gen)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                logits = net(batch.wave)
-                loss = F.binary_cross_entropy_with_logits(logits.float(), batch.target)
+            if cache is not None:
+                emb, target = cache.emb[idx], cache.target[idx]
+                t_data += time.perf_counter() - t0
+                logits = model.model.head_logits(emb)
+                loss = F.binary_cross_entropy_with_logits(logits.float(), target)
+            else:
+                wave, target = cropper(idx, gen)
+                batch = Batch(
+                    wave=wave,
+                    target=target,
+                    genre=genre[idx].to(device),
+                    tempo=tempo[idx].to(device),
+                )
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t_data += time.perf_counter() - t0
+                batch = augmenter(batch, gen)
+                with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                    logits = net(batch.wave)
+                    loss = F.binary_cross_entropy_with_logits(logits.float(), batch.target)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -506,8 +548,14 @@ def fit(
             torch.cuda.synchronize()
         train_time = time.perf_counter() - t_epoch
         spent += train_time
-        out_of_time = tc.time_budget_s is not None and spent >= tc.time_budget_s
-        val, _ = _validate(model, data, val_idx, cfg, device, tc.val_windows_hop_s)
+        out_of_time = cache is None and tc.time_budget_s is not None and spent >= tc.time_budget_s
+        if cache is not None and val_emb is not None:
+            model.eval()
+            with torch.no_grad():
+                val_logits = model.model.head_logits(val_emb).float().cpu().numpy()
+            val, _ = _val_metrics(val_logits, val_owner, data.targets[val_idx], cfg.inference.threshold)
+        else:
+            val, _ = _validate(model, data, val_idx, cfg, device, tc.val_windows_hop_s)
         # lower is better: the loss as is, scores (LRAP, F1) negated
         score = val[tc.monitor] if tc.monitor == "val_loss" else -val[tc.monitor]
         sched.step(score)
@@ -529,6 +577,8 @@ def fit(
             "torch_threads": float(torch.get_num_threads()),
             "best_score": abs(best_loss),
         }
+        if cache is not None:
+            row.update(cache_views=float(cache.views), cache_s=cache.seconds, cache_size=float(len(cache)))
         history.append(row)
         stop = bad_epochs >= tc.early_stopping_patience or epoch == tc.epochs - 1 or out_of_time
         with tempfile.TemporaryDirectory(prefix="mpic-ckpt-") as tmp:

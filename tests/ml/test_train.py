@@ -155,3 +155,52 @@ def test_library_folds_validate_each_family_on_sounds_unheard_in_training():
         library_folds(recs, 5)
     with pytest.raises(ValueError, match=r"folds\.by=recording"):
         library_folds([*recs, rec("e", "")], 3)
+
+
+def _with_member_train(cfg, member, **train):
+    m = cfg.members[member]
+    members = {**cfg.members, member: m.model_copy(update={"train": {**m.train, **train}})}
+    return cfg.model_copy(update={"members": members})
+
+
+@pytest.fixture(scope="module")
+def data16k(smoke_cfg, smoke_data):
+    return load_train_data(smoke_cfg, 16000)  # musicnn's rate
+
+
+def test_frozen_trunk_head_trains_on_cached_views_and_validates_like_the_whole_model(
+    smoke_cfg, data16k, tmp_path
+):
+    import torch
+
+    from ml.models import build_classifier
+    from ml.train import _validate
+
+    cfg = _with_member_train(smoke_cfg, "mn_mtt", head_views=2, epochs=3, time_budget_s=None)
+    hooks = LocalHooks(tmp_path / "work")
+    r = fit(cfg, "mn_mtt", 0, out_dir=tmp_path / "out", hooks=hooks, data=data16k)
+    train_idx, val_idx = data16k.split(0)
+    rows = hooks.history
+    assert len(rows) == 3 and all(h["cache_views"] == 2 for h in rows)
+    assert rows[0]["cache_size"] == 2 * len(train_idx)  # one embedded crop per clip and view
+    # An epoch is one pass over the cache, whatever steps_per_epoch says (the smoke profile's 2).
+    steps = -(-len(train_idx) * 2 // cfg.member_train("mn_mtt").batch_size)
+    assert rows[0]["samples"] == steps * cfg.member_train("mn_mtt").batch_size
+    # The cached validation is the whole model's: the saved checkpoint validated end to end agrees.
+    clf, _ = load_classifier(r.model_path)
+    full, _ = _validate(clf, data16k, val_idx, cfg, torch.device("cpu"), cfg.train.val_windows_hop_s)
+    for k in ("val_loss", "val_lrap", "val_macro_f1"):
+        assert full[k] == pytest.approx(r.metrics[k], abs=1e-5), k
+    # Only the head trained: the frozen trunk is the pretrained one.
+    fresh = build_classifier(cfg, "mn_mtt")
+    for (k, a), b in zip(clf.model.trunk.named_buffers(), fresh.model.trunk.buffers(), strict=True):
+        assert torch.equal(a, b), k
+    assert not torch.equal(clf.model.head[-1].weight, fresh.model.head[-1].weight)
+
+
+def test_head_views_stop_at_the_time_budget_after_one_view(smoke_cfg, data16k, tmp_path):
+    cfg = _with_member_train(smoke_cfg, "mn_mtt", head_views=50, epochs=2, time_budget_s=1e-3)
+    hooks = LocalHooks(tmp_path / "work")
+    r = fit(cfg, "mn_mtt", 0, out_dir=tmp_path / "out", hooks=hooks, data=data16k)
+    assert r.epochs_run == 2  # head epochs are not cut by the budget the views spent
+    assert all(h["cache_views"] == 1 for h in hooks.history)
