@@ -14,11 +14,12 @@ FROM rayproject/ray:${RAY_IMAGE_TAG}
 # (the -gpu flavour), or e.g. https://download.pytorch.org/whl/cu128 to match an older NVIDIA driver.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
-# Audio I/O and the FluidSynth renderer + General MIDI sample library (as `make system-deps`).
+# Audio I/O, the FluidSynth renderer and the sample libraries `mpic synth` renders with (as `make system-deps`,
+# without its browser).
 USER root
 RUN apt-get update -qq \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        libsndfile1 libfluidsynth3 fluid-soundfont-gm \
+        libsndfile1 libfluidsynth3 fluid-soundfont-gm fluid-soundfont-gs csound-soundfont opl3-soundfont \
     && rm -rf /var/lib/apt/lists/* \
     && mkdir -p /home/ray/mpic && chown ray:users /home/ray/mpic
 

@@ -46,6 +46,13 @@ def _validate(cfg: dict[str, Any]) -> None:
     validate_config(prepare_config(copy.deepcopy(cfg)))
 
 
+def runtime_apt_packages() -> list[str]:
+    """The Debian packages of ``make system-deps`` that a Ray node needs (all but the browser for tests)."""
+    m = re.search(r"^APT_PACKAGES := (.+)$", (ROOT / "Makefile").read_text(), flags=re.M)
+    assert m, "Makefile has no APT_PACKAGES"
+    return [p for p in m.group(1).split() if p != "chromium"]
+
+
 def test_valid_for_the_installed_ray(prepared: dict[str, Any]) -> None:
     import ray.autoscaler
 
@@ -124,9 +131,10 @@ def test_ports_are_forwarded_not_opened(raw: dict[str, Any], prepared: dict[str,
 
 def test_setup_installs_the_project(prepared: dict[str, Any]) -> None:
     setup = " ".join(prepared["setup_commands"])
-    for pkg in ("libsndfile1", "libfluidsynth3", "fluid-soundfont-gm"):
-        assert pkg in setup
+    for pkg in runtime_apt_packages():  # Makefile's APT_PACKAGES but the test browser
+        assert re.search(rf"(^|\s){re.escape(pkg)}(\s|$)", setup), pkg
     assert "pip install -q -e ~/mpic" in setup
+    assert "pip download -q --no-deps musicnn==0.1.0 -d ~/mpic/.cache/mpic/wheels" in setup
     assert prepared["file_mounts"] == {"~/mpic": "."}
     assert ".gitignore" in prepared["rsync_filter"]
     mounts = " ".join(prepared["docker"]["run_options"])
