@@ -320,6 +320,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from serve.app import run_local
 
     cfg = _cfg(args)
+    if args.detach and not cfg.ray.address:
+        # A Ray started by this command stops with it: a detached deployment would vanish at once.
+        raise UsageError(
+            "--detach needs a running Ray cluster to leave Serve on: `ray start --head`, then "
+            "`mpic serve --detach --set ray.address=auto` (without --detach, Ctrl-C stops serving)"
+        )
     run_local(
         cfg,
         host=args.host or cfg.serve.host,
@@ -507,7 +513,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", help="address to listen on (default: serve.host)")
     p.add_argument("--port", type=_port, help="port to listen on, 1-65535 (default: serve.port)")
     p.add_argument("--untrained", action="store_true", help=UNTRAINED_HELP)
-    p.add_argument("--detach", action="store_true", help="deploy and return (Ray keeps serving)")
+    p.add_argument(
+        "--detach",
+        action="store_true",
+        help="deploy and return; Serve keeps running on the Ray cluster of ray.address (needs one)",
+    )
     p.add_argument("--version", help=VERSION_HELP)
 
     add("mlflow", cmd_mlflow, "start the MLflow UI")

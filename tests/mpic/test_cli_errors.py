@@ -79,6 +79,7 @@ MISTAKES: list[tuple[list[str], list[str]]] = [
         ["mpic fuse: members", "no out-of-fold predictions", "run `mpic train --profile smoke` first"],
     ),
     (["serve", "--port", "99999"], ["mpic serve: argument --port: 99999 is not a port number (1-65535)"]),
+    (["serve", "--detach"], ["mpic serve: --detach needs a running Ray cluster", "ray.address=auto"]),
     (["synth", "--out", "{tmp}/has-data"], ["already holds a data set", "--overwrite", "--out ANOTHER_DIR"]),
     (
         ["predict", "{tmp}/song.wav", "--set", "train.nope=1"],
