@@ -176,12 +176,12 @@ class EnsembleModel(PythonModel):
             paths = [str(p) for p in np.atleast_1d(np.asarray(model_input, dtype=object))]
         results = self.predictor.predict([(p, Path(p)) for p in paths])
         labels = list(self.predictor.labels)
-        rows = []
-        for r in results:
-            row: dict[str, Any] = {c: float(r.scores.get(c, np.nan)) for c in labels}
-            row[ERROR_COLUMN] = r.error
-            rows.append(row)
-        return pd.DataFrame(rows, columns=[*labels, ERROR_COLUMN])
+        out = pd.DataFrame(
+            {c: np.array([r.scores.get(c, np.nan) for r in results], dtype=np.float64) for c in labels}
+        )
+        # object dtype keeps None (no error) apart from NaN, which pandas would otherwise put there
+        out[ERROR_COLUMN] = pd.Series([r.error for r in results], dtype=object)
+        return out
 
 
 def save_ensemble_model(
