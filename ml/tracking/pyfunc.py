@@ -19,6 +19,7 @@ HTTP — on the CPU.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ from ml.tracking.store import quiet
 INPUT_COLUMN = "path"
 ERROR_COLUMN = "error"
 _BUNDLE = "ensemble"  # the one artifact folder of an EnsembleModel
+WHEELS_DIR = "wheels"  # inside the bundle: pretrained weights members rebuild from
 _PINNED = (
     "mlflow",
     "torch",
@@ -141,6 +143,11 @@ class EnsembleModel(PythonModel):
         from ml.inference import EnsemblePredictor, load_member
 
         root = Path(context.artifacts[_BUNDLE])
+        wheels = sorted((root / WHEELS_DIR).glob("musicnn-*.whl"))
+        if wheels:  # a musicnn member's frozen trunk comes from the bundled wheel (sha-256 checked)
+            from ml.pretrained.musicnn import WHEEL_ENV
+
+            os.environ.setdefault(WHEEL_ENV, str(wheels[0]))
         cfg = Config.model_validate(json.loads((root / "config.json").read_text()))
         spec = EnsembleSpec.from_json((root / "spec.json").read_text())
         predictors = {}
@@ -192,6 +199,7 @@ def save_ensemble_model(
     labels: Sequence[str],
     *,
     metadata: Mapping[str, Any] | None = None,
+    extra_files: Mapping[str, str | Path] | None = None,
 ) -> None:
     """Write an :class:`EnsembleModel` to ``path`` (a new folder).
 
@@ -202,6 +210,8 @@ def save_ensemble_model(
         checkpoints: Weighted member → its fold checkpoints (``…/fold<k>/model.pt``).
         labels: Label codes (the output columns).
         metadata: Extra MLflow model metadata (ensemble name, namespace, spec sha256).
+        extra_files: Bundle-relative path → file, e.g. ``wheels/musicnn-….whl``: the pretrained trunk a
+            musicnn member rebuilds from (checkpoints hold only its head), used by :meth:`load_context`.
     """
     import pandas as pd
     from mlflow.models import ModelSignature
@@ -217,6 +227,9 @@ def save_ensemble_model(
             d.mkdir(parents=True, exist_ok=True)
             shutil.copy2(p, d / "model.pt")
     (bundle / "spec.json").write_text(spec_json)
+    for rel, src in (extra_files or {}).items():
+        (bundle / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, bundle / rel)
     (bundle / "config.json").write_text(json.dumps(dict(cfg_snapshot), indent=2, sort_keys=True))
     code = stage / "code" / "ml"  # the package as it is now, without caches
     shutil.copytree(

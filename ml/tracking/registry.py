@@ -25,7 +25,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -426,9 +426,26 @@ def _log_ensemble_model(cfg: Config, run_id: str, spec: Any, sha: str) -> bool:
             ckpts,
             cfg.label_codes,
             metadata={"ensemble": spec.ensemble, "namespace": cfg.namespace, "spec_sha256": sha},
+            extra_files=ensemble_extras(cfg, weighted),
         )
         client(cfg).log_artifacts(run_id, str(model_dir), MODEL_ARTIFACT)
     return True
+
+
+def ensemble_extras(cfg: Config, members: Sequence[str]) -> dict[str, Path]:
+    """Files an ensemble model must carry besides checkpoints: the musicnn wheel when a member needs it.
+
+    Raises:
+        ml.pretrained.musicnn.MusicnnWeightsError: A musicnn member and no wheel (the message says what to
+            run).
+    """
+    from ml.pretrained.musicnn import resolve_wheel
+    from ml.tracking.pyfunc import WHEELS_DIR
+
+    if not any(cfg.members[m].arch == "musicnn" for m in members):
+        return {}
+    wheel = resolve_wheel(cfg.models.get("musicnn", {}).get("wheel"))
+    return {f"{WHEELS_DIR}/{wheel.name}": wheel}
 
 
 def attach_evaluation(

@@ -382,3 +382,18 @@ def test_tracker_and_experiment_kind(cfg: Config) -> None:
     t.end_run(run)
     assert t.model_uri() == f"models:/{tracking.spec_model_name(cfg)}@champion"
     assert t.load_spec() is None  # nothing registered yet
+
+
+def test_ensemble_model_carries_the_musicnn_wheel(
+    cfg: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A musicnn member rebuilds its frozen trunk from the wheel: the ensemble model bundles it."""
+    from ml.tracking.registry import ensemble_extras
+
+    wheel = tmp_path / "musicnn-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"wheel")
+    monkeypatch.setenv("MPIC_MUSICNN_WHEEL", str(wheel))
+    assert ensemble_extras(cfg, ["res_genre", "res_bpm"]) == {}
+    full = load_config(ROOT / "config.yml")  # the default ensemble has a musicnn member
+    musicnn = [m for m in full.ensemble_members if full.members[m].arch == "musicnn"]
+    assert musicnn and ensemble_extras(full, full.ensemble_members) == {f"wheels/{wheel.name}": wheel}
