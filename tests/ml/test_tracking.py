@@ -329,3 +329,71 @@ def test_load_spec_is_the_one_loader(cfg: Config, tmp_path: Path) -> None:
 
         off = _C.model_validate({**cfg.snapshot(), "mlflow": {**cfg.snapshot()["mlflow"], "enabled": False}})
         load_spec(off)
+
+
+def test_live_fold_run_is_completed_not_duplicated(cfg: Config, tmp_path: Path) -> None:
+    """Epochs logged while training land in the run log_fold completes; it adds only what is missing."""
+    parent = tracking.start_run(cfg, kind=tracking.KIND_TRAIN_JOB, name="job", job_key="j")
+    live = tracking.open_live_fold(
+        cfg, member="res_bpm", fold=1, fold_key="fk", parent_run_id=parent, job_key="j"
+    )
+    # runner bookkeeping is dropped by the driver; non-numeric values are skipped here
+    tracking.log_epoch(cfg, live, {**HISTORY[0], "note": "text"})
+    assert tracking.find_fold_run(cfg, "res_bpm", 1, "fk") is None  # not a finished fold yet
+    model = _checkpoint(cfg, "res_bpm", 1, tmp_path)
+    run_id, created = tracking.log_fold(
+        cfg,
+        member="res_bpm",
+        fold=1,
+        fold_key="fk",
+        model_path=model,
+        oof_path=_oof(tmp_path),
+        history=HISTORY,  # epoch 1 never reached the live run (e.g. a driver restart): filled in now
+        best={"val_macro_f1": 0.3},
+        parent_run_id=parent,
+        job_key="j",
+        extra_params={"best_epoch": 1},
+        run_id=live,
+    )
+    assert (run_id, created) == (live, True)
+    c = tracking.client(cfg)
+    run = c.get_run(live)
+    assert run.info.status == "FINISHED" and run.data.tags[tracking.TAG_LIVE] == "done"
+    assert run.data.tags[tracking.TAG_MODEL_SHA] == tracking.file_sha256(model)
+    assert run.data.params["best_epoch"] == "1" and run.data.params["arch"] == "rescnn"
+    assert [(m.step, m.value) for m in c.get_metric_history(live, "val_macro_f1")] == [(0, 0.1), (1, 0.3)]
+    found = tracking.find_fold_run(cfg, "res_bpm", 1, "fk")
+    assert found is not None and found.run_id == live
+    assert len(tracking.search_runs(cfg, {tracking.TAG_KIND: tracking.KIND_FOLD})) == 1
+
+
+def test_tracker_and_experiment_kind(cfg: Config) -> None:
+    t = tracking.Tracker(cfg)
+    c = tracking.client(cfg)
+    exp = c.get_experiment(t.experiment_id)
+    assert exp.tags[tracking.EXPERIMENT_KIND_TAG] == tracking.EXPERIMENT_KIND == "custom_model_development"
+    c.delete_experiment_tag(exp.experiment_id, tracking.EXPERIMENT_KIND_TAG)  # an experiment from before
+    assert tracking.EXPERIMENT_KIND_TAG not in c.get_experiment(exp.experiment_id).tags
+    assert c.get_experiment(t.experiment_id).tags[tracking.EXPERIMENT_KIND_TAG] == tracking.EXPERIMENT_KIND
+    run = t.start_run(kind="probe", name="probe", reuse=False)
+    t.log_table(run, [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}], "t/table.json")
+    table = json.loads(Path(c.download_artifacts(run, "t/table.json")).read_text())
+    assert table["columns"] == ["a", "b"] and table["data"] == [[1, "x"], [2, "y"]]
+    t.end_run(run)
+    assert t.model_uri() == f"models:/{tracking.spec_model_name(cfg)}@champion"
+    assert t.load_spec() is None  # nothing registered yet
+
+
+def test_ensemble_model_carries_the_musicnn_wheel(
+    cfg: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A musicnn member rebuilds its frozen trunk from the wheel: the ensemble model bundles it."""
+    from ml.tracking.registry import ensemble_extras
+
+    wheel = tmp_path / "musicnn-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"wheel")
+    monkeypatch.setenv("MPIC_MUSICNN_WHEEL", str(wheel))
+    assert ensemble_extras(cfg, ["res_genre", "res_bpm"]) == {}
+    full = load_config(ROOT / "config.yml")  # the default ensemble has a musicnn member
+    musicnn = [m for m in full.ensemble_members if full.members[m].arch == "musicnn"]
+    assert musicnn and ensemble_extras(full, full.ensemble_members) == {f"wheels/{wheel.name}": wheel}

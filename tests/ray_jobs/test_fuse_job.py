@@ -90,17 +90,65 @@ def test_spec_saved_versioned_and_thresholds_from_training_oof(fuse_cfg, fused):
     assert not fuse_cfg.data.root.exists()
 
 
-def test_every_trial_in_mlflow_and_spec_round_trips(fuse_cfg, fused):
+def test_trials_as_one_table_and_spec_round_trips(fuse_cfg, fused):
+    import json
+
     from ml import tracking
 
     c = tracking.client(fuse_cfg)
     parent = fused["mlflow"]["parent_run_id"]
     exp = tracking.setup(fuse_cfg)
     children = c.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}'", max_results=1000)
-    trial_runs = [r for r in children if r.data.tags.get("mpic.kind") == "fuse_trial"]
-    assert len(trial_runs) == fused["n_trials"]
-    assert all("objective" in r.data.metrics for r in trial_runs)
+    # no run per trial any more: the job's children are the registered spec's run only
+    assert [r.data.tags.get("mpic.kind") for r in children] == [tracking.KIND_SPEC]
+    table = json.loads(Path(c.download_artifacts(parent, "fusion/trials.json")).read_text())
+    rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+    assert len(rows) == fused["n_trials"] >= 24
+    assert {"trial", "objective", "aggregation", "w_res_genre", "w_res_bpm"} <= set(table["columns"])
+    assert max(r["objective"] for r in rows) == pytest.approx(fused["tune_best"])
+    assert [r["objective"] for r in rows] == sorted((r["objective"] for r in rows), reverse=True)
+    assert c.get_run(parent).data.metrics["n_trials"] == fused["n_trials"]
     registered = tracking.load_registered_spec(fuse_cfg)
     local = EnsembleSpec.from_json(Path(fused["spec_path"]).read_text())
     assert isinstance(registered, EnsembleSpec)
     assert registered.to_json() == local.to_json()
+
+
+def test_experiment_opens_in_the_model_training_view(fuse_cfg, fused):
+    from ml import tracking
+
+    exp = tracking.client(fuse_cfg).get_experiment(tracking.setup(fuse_cfg))
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_evaluation_attached_to_the_registered_version(fuse_cfg, fused):
+    import json
+
+    from ml import tracking
+
+    c = tracking.client(fuse_cfg)
+    run_id = fused["mlflow"]["spec_run_id"]
+    mv = c.get_model_version(fused["registered_model"], str(fused["version"]))
+    assert mv.run_id == run_id
+    metrics = c.get_run(run_id).data.metrics
+    assert metrics["eval/macro_f1"] == pytest.approx(fused["oof"]["macro_f1"], abs=1e-9)
+    per_class = [metrics[f"eval/f1/{code}"] for code in fuse_cfg.label_codes]
+    assert sum(per_class) / len(per_class) == pytest.approx(metrics["eval/macro_f1"], abs=1e-9)
+    assert float(mv.tags["eval.macro_f1"]) == pytest.approx(metrics["eval/macro_f1"], rel=1e-5)
+    png = Path(c.download_artifacts(run_id, "eval/per_class_f1.png"))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = json.loads(Path(c.download_artifacts(run_id, "eval/report.json")).read_text())
+    assert set(report["per_class"]) == set(fuse_cfg.label_codes)
+
+
+def test_a_rejected_fusion_is_never_served(fuse_cfg, fused):
+    """A worse fusion is registered but the champion rule keeps the alias: load_spec still serves v1."""
+    from ray_jobs.fuse import fuse
+
+    worse = fuse(fuse_cfg, members=["res_bpm"])  # the noise member alone: far below the champion
+    assert worse["value"] < fused["value"]
+    assert worse["champion"] is False and int(worse["version"]) == int(fused["version"]) + 1
+    for ref in (None, "champion", fuse_cfg.mlflow.alias):
+        served = load_spec(fuse_cfg, ref)
+        assert served.version == int(fused["version"]) and served.weights == fused["weights"]
+    assert load_spec(fuse_cfg, int(worse["version"])).weights == {"res_bpm": 1.0}  # still there by number

@@ -150,6 +150,28 @@ def test_smoke_training_mlflow(smoke_training: tuple[Config, dict[str, Any], flo
         paths = tracking.download_member(cfg, m)
         assert [p.parent.name for p in paths] == ["fold0", "fold1"]
     assert summary["mlflow_ui"].startswith("http://127.0.0.1:5000/#/experiments/")
+    exp = c.get_experiment(parent.info.experiment_id)
+    assert exp.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"  # the model-training view
+
+
+def test_epoch_metrics_logged_while_the_fold_trains(
+    smoke_training: tuple[Config, dict[str, Any], float],
+) -> None:
+    """Each epoch reached MLflow when it ended, not all at once after training (the old end-of-fold log)."""
+    cfg, summary, _ = smoke_training
+    c = tracking.client(cfg)
+    for name, f in summary["folds"].items():
+        run = c.get_run(f["run_id"])
+        assert run.data.tags[tracking.TAG_LIVE] == "done", name  # opened live, completed by log_fold
+        hist = sorted(c.get_metric_history(f["run_id"], "val_loss"), key=lambda m: m.step)
+        assert [m.step for m in hist] == [0, 1], name  # once per epoch, also across the resumed fold
+        published_ms = (
+            json.loads((fold_dir(cfg, f["member"], f["fold"]) / "result.json").read_text())["published"]
+            * 1000
+        )
+        epoch1_ms = f["history"][1]["train_s"] * 1000
+        # epoch 1 was trained between the two logs, and both came before the files were published
+        assert hist[0].timestamp + 0.5 * epoch1_ms <= hist[1].timestamp <= published_ms, name
 
 
 def test_resume_after_injected_failure(smoke_training: tuple[Config, dict[str, Any], float]) -> None:
