@@ -12,7 +12,6 @@ live (:class:`FusionUpdate`, :func:`apply_fusion_update`).
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import json
 import logging
@@ -453,7 +452,9 @@ def apply_fusion_update(
 
 
 @dataclass
-class _Decoded:
+class Decoded:
+    """One upload after decoding: its audio and the windows the members score, or why it failed."""
+
     name: str
     audio: Audio | None = None
     error: str | None = None
@@ -488,28 +489,33 @@ class ScoringError(RuntimeError):
         self.retry_after_s = retry_after_s
 
 
-def _decode(
-    name: str,
-    data: bytes,
-    *,
-    window_s: float,
-    hop_s: float,
-    max_seconds: float,
-    min_seconds: float,
-    silence_dbfs: float,
-) -> _Decoded:
-    """Decode once at the file's own rate and place the windows (runs in a worker thread)."""
+def place_windows(cfg: Config, name: str, audio: Audio) -> Decoded:
+    """A decoded file with its windows placed (:func:`ml.inference.window_starts`), ready to score."""
+    starts = window_starts(audio.duration_s, cfg.inference.window_s, cfg.inference.hop_s)
+    return Decoded(name, audio=audio, song=Song(audio.wave, audio.sample_rate, starts))
+
+
+def decode_upload(cfg: Config, name: str, data: bytes) -> Decoded:
+    """Decode one file once, at its own rate, with the config's limits, and place its windows.
+
+    What :func:`analyze` runs for every upload (in a worker thread), and what a batch job runs on its CPU
+    workers before handing the audio to the scoring actors. Undecodable, too long, too short or empty
+    audio gives a :class:`Decoded` with ``error`` (``"<code>: <message>"``), never an exception.
+    """
     try:
         audio = decode(
-            data, None, max_seconds=max_seconds, min_seconds=min_seconds, silence_dbfs=silence_dbfs
+            data,
+            None,
+            max_seconds=min(cfg.audio.max_seconds, cfg.serve.limits.max_seconds),
+            min_seconds=cfg.audio.min_seconds,
+            silence_dbfs=cfg.audio.silence_dbfs,
         )
     except AudioError as e:
-        return _Decoded(name, error=f"{e.code}: {e}")
+        return Decoded(name, error=f"{e.code}: {e}")
     except Exception as e:
         log.warning("decoding %r failed unexpectedly: %r", name, e)
-        return _Decoded(name, error=f"undecodable: could not decode the audio ({type(e).__name__})")
-    starts = window_starts(audio.duration_s, window_s, hop_s)
-    return _Decoded(name, audio=audio, song=Song(audio.wave, audio.sample_rate, starts))
+        return Decoded(name, error=f"undecodable: could not decode the audio ({type(e).__name__})")
+    return place_windows(cfg, name, audio)
 
 
 async def analyze(
@@ -526,25 +532,39 @@ async def analyze(
     Raises:
         ScoringError: A backend call failed.
     """
+    if not any(weights.get(m, 0.0) > 0 for m in backend.members):
+        raise WeightsError("no served member has a positive weight")
+    decoded: list[Decoded] = list(
+        await asyncio.gather(*(asyncio.to_thread(decode_upload, cfg, name, data) for name, data in uploads))
+    )
+    return await score_decoded(
+        cfg, backend, decoded, weights=weights, thresholds=thresholds, aggregation=aggregation
+    )
+
+
+async def score_decoded(
+    cfg: Config,
+    backend: Backend,
+    decoded: Sequence[Decoded],
+    *,
+    weights: Mapping[str, float],
+    thresholds: Sequence[float],
+    aggregation: str,
+) -> list[FileResult]:
+    """Score decoded files with every positively weighted member concurrently and fuse, in input order.
+
+    The second half of :func:`analyze`; a file that failed to decode gets its error result.
+
+    Raises:
+        ScoringError: A backend call failed.
+    """
     active = [m for m in backend.members if weights.get(m, 0.0) > 0]
     if not active:
         raise WeightsError("no served member has a positive weight")
     inf = cfg.inference
-    max_seconds = min(cfg.audio.max_seconds, cfg.serve.limits.max_seconds)
-    decode_one = functools.partial(
-        _decode,
-        window_s=inf.window_s,
-        hop_s=inf.hop_s,
-        max_seconds=max_seconds,
-        min_seconds=cfg.audio.min_seconds,
-        silence_dbfs=cfg.audio.silence_dbfs,
-    )
-    decoded: list[_Decoded] = list(
-        await asyncio.gather(*(asyncio.to_thread(decode_one, name, data) for name, data in uploads))
-    )
     jobs = [(d, m) for d in decoded if d.song is not None for m in active]
 
-    async def score(d: _Decoded, m: str) -> np.ndarray:
+    async def score(d: Decoded, m: str) -> np.ndarray:
         assert d.song is not None
         try:
             return await backend.score(m, d.song)
