@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +69,9 @@ class Song:
 class Backend(Protocol):
     """What the API needs from whoever runs the models.
 
-    ``health(member)`` is optional: a backend without it is reported as ``{"status": "ok"}``.
+    ``health(member)`` is optional: a backend without it is reported as ``{"status": "ok"}``. So is an
+    ``observer`` attribute (an :class:`AnalysisObserver`, e.g. the Serve ingress's metrics), which
+    :func:`analyze` tells about each decode and each request's results.
     """
 
     members: list[str]
@@ -83,6 +86,18 @@ class Backend(Protocol):
         Backends batch concurrent calls (windows of many songs in one forward pass) and may raise
         :class:`MemberUnavailableError`; any other exception is reported as the member failing.
         """
+        ...
+
+
+class AnalysisObserver(Protocol):
+    """Told by :func:`analyze` what it did (metrics); found as the backend's optional ``observer``."""
+
+    def decoded(self, decoded: Decoded, seconds: float) -> None:
+        """One upload was decoded (or failed to: ``decoded.error``) in ``seconds``."""
+        ...
+
+    def finished(self, results: Sequence[FileResult]) -> None:
+        """One :func:`analyze` call ended with these per-file results."""
         ...
 
 
@@ -534,12 +549,22 @@ async def analyze(
     """
     if not any(weights.get(m, 0.0) > 0 for m in backend.members):
         raise WeightsError("no served member has a positive weight")
-    decoded: list[Decoded] = list(
-        await asyncio.gather(*(asyncio.to_thread(decode_upload, cfg, name, data) for name, data in uploads))
+    observer: AnalysisObserver | None = getattr(backend, "observer", None)
+
+    def timed_decode(name: str, data: bytes) -> tuple[Decoded, float]:
+        t0 = time.perf_counter()
+        return decode_upload(cfg, name, data), time.perf_counter() - t0
+
+    timed = await asyncio.gather(*(asyncio.to_thread(timed_decode, name, data) for name, data in uploads))
+    if observer is not None:
+        for d, seconds in timed:
+            observer.decoded(d, seconds)
+    results = await score_decoded(
+        cfg, backend, [d for d, _ in timed], weights=weights, thresholds=thresholds, aggregation=aggregation
     )
-    return await score_decoded(
-        cfg, backend, decoded, weights=weights, thresholds=thresholds, aggregation=aggregation
-    )
+    if observer is not None:
+        observer.finished(results)
+    return results
 
 
 async def score_decoded(

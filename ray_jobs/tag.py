@@ -35,7 +35,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ml import batch
 from ml.config import Config
@@ -129,9 +129,9 @@ def tag(
     try:
         gpus = tc.gpus_per_actor if common.cluster_resources().get("GPU", 0.0) > 0 else 0.0
         blocks = max(1, min(len(files), math.ceil(len(files) / tc.batch_size)))
-        ds = ray.data.from_items([{"file": f} for f in files], override_num_blocks=blocks)
+        ds: ray.data.Dataset = ray.data.from_items([{"file": f} for f in files], override_num_blocks=blocks)
         ds = ds.map_batches(
-            batch.decode_batch,
+            cast(Any, batch.decode_batch),  # takes numpy batches (batch_format); Ray's type is a union
             fn_kwargs={"cfg": cfg},
             batch_size=tc.batch_size,
             batch_format="numpy",
