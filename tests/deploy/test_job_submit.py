@@ -1,10 +1,11 @@
-"""`ray job submit` against a real `ray start --head` with token authentication: train, then fuse (smoke).
+"""`ray job submit` against a real `ray start --head` with token authentication: train, fuse, tag (smoke).
 
 What a user does (docs/deploy.md, "A local cluster"), command for command: start a head node from the
 project's virtualenv with ``RAY_AUTH_MODE=token`` and a token in ``RAY_AUTH_TOKEN``; submit
 ``python -m ray_jobs.train --profile smoke --base-dir BASE`` and then ``ray_jobs.fuse`` with
 ``--working-dir`` the repository; wait until each is SUCCEEDED; the MLflow store under BASE then holds the
-finished training and fusion runs, and the registry's champion alias names the fused ensemble.
+finished training and fusion runs, and the registry's champion alias names the fused ensemble; a
+``ray_jobs.tag`` job then tags the smoke test excerpts with that champion (Ray Data, real checkpoints).
 
 The cluster is this test's own: its temp dir (``--temp-dir`` and ``RAY_TMPDIR``, so no other ``ray.init()``
 on the machine finds and joins it), its own ports, its own token. It is stopped by signalling only the
@@ -184,13 +185,14 @@ def job_status(c: Cluster, sid: str) -> str:
     return m.group(1)
 
 
-def submit(c: Cluster, module: str) -> tuple[str, float]:
-    """`ray job submit` ``python -m <module> --profile smoke --base-dir BASE``; wait; return (status, s)."""
+def submit(c: Cluster, module: str, *args: str) -> tuple[str, float]:
+    """`ray job submit` ``python -m <module> --profile smoke --base-dir BASE [args]``; wait until it ends."""
     sid = f"{module.split('.')[-1]}-{uuid.uuid4().hex[:8]}"
     t0 = time.perf_counter()
     r = c.ray_cmd(
         *("job", "submit", "--address", c.address, "--working-dir", str(ROOT), "--submission-id", sid),
         *("--no-wait", "--", "python", "-m", module, "--profile", "smoke", "--base-dir", str(c.base)),
+        *args,
     )
     assert r.returncode == 0, f"ray job submit failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
     status = "PENDING"
@@ -217,7 +219,7 @@ def test_token_is_required(cluster: Cluster) -> None:
     assert ok.returncode == 0, ok.stderr[-2000:]
 
 
-def test_train_then_fuse_jobs_register_the_champion(cluster: Cluster) -> None:
+def test_train_fuse_and_tag_jobs(cluster: Cluster) -> None:
     from ml import tracking
     from ml.ensemble import load_spec
 
@@ -243,3 +245,14 @@ def test_train_then_fuse_jobs_register_the_champion(cluster: Cluster) -> None:
     assert int(mv.version) == int(spec.version)
     assert set(spec.members) == set(cfg.ensembles[cfg.ensemble])
     assert all(ref.registered_model and ref.version for ref in spec.members.values())
+
+    # tag the test excerpts with the champion; relative paths are relative to --base-dir
+    excerpts = Path(cfg.data.root).relative_to(cluster.base) / "IRMAS-TestingData"
+    submit(cluster, "ray_jobs.tag", "--input", str(excerpts), "--output", "tags.parquet")
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(cluster.base / "tags.parquet").to_pylist()
+    expected = {str(p.resolve()) for p in (cluster.base / excerpts).rglob("*.wav")}
+    assert {str(Path(r["file"]).resolve()) for r in rows} == expected and len(rows) == len(expected) > 0
+    assert all(r["error"] is None for r in rows), rows
+    assert {(r["ensemble"], r["version"]) for r in rows} == {(spec.registered_model, int(spec.version))}

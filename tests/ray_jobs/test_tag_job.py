@@ -203,3 +203,21 @@ def test_cli_csv_and_refuses_an_existing_output(
 
     code = main(["--input", str(tmp_path / "nope"), "--output", str(tmp_path / "x"), *common])
     assert code == 2 and "no such file or folder" in capsys.readouterr().err
+
+
+def test_sources_by_uri_like_local_folders(library: Path, tmp_path: Path) -> None:
+    """A ``file://`` URI is listed (recursively, by extension, hidden skipped) and read like a folder."""
+    from ml import batch
+
+    local = batch.discover_sources([library])
+    uris = batch.discover_sources([library.as_uri()])
+    assert [u.removeprefix("file://") for u in uris] == local  # same files, same order
+    assert len(local) == N_GOOD + len(BAD) and not any(".trash" in u for u in uris)
+    assert batch.read_source(uris[0]) == Path(local[0]).read_bytes()
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        batch.discover_sources([(tmp_path / "nope").as_uri()])
+    gone = tmp_path / "gone.wav"
+    out = batch.decode_batch(
+        {"file": np.array([str(gone)], dtype=object)}, load_config(ROOT / "config.yml", "smoke")
+    )
+    assert out["error"][0].startswith("unreadable") and out["wave"][0] == b""
