@@ -64,6 +64,7 @@ class Cluster:
     temp_dir: Path
     base: Path
     ray: str
+    data: Path  # the smoke data set, relative to base
 
     def ray_cmd(
         self, *args: str, env: dict[str, str] | None = None, timeout: float = 120
@@ -158,7 +159,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, smoke_data: Path) -> Itera
         *(f"--dashboard-agent-grpc-port={free_port()}", f"--runtime-env-agent-port={free_port()}"),
         *(f"--metrics-export-port={free_port()}", "--num-cpus=4", "--num-gpus=0", "--disable-usage-stats"),
     ]
-    c = Cluster(f"http://127.0.0.1:{dash}", env, temp_dir, base, ray)
+    c = Cluster(f"http://127.0.0.1:{dash}", env, temp_dir, base, ray, Path(cfg.data.root).relative_to(base))
     try:
         t0 = time.perf_counter()
         r = c.ray_cmd(*start, timeout=180)
@@ -247,7 +248,7 @@ def test_train_fuse_and_tag_jobs(cluster: Cluster) -> None:
     assert all(ref.registered_model and ref.version for ref in spec.members.values())
 
     # tag the test excerpts with the champion; relative paths are relative to --base-dir
-    excerpts = Path(cfg.data.root).relative_to(cluster.base) / "IRMAS-TestingData"
+    excerpts = cluster.data / "IRMAS-TestingData"
     submit(cluster, "ray_jobs.tag", "--input", str(excerpts), "--output", "tags.parquet")
     import pyarrow.parquet as pq
 
