@@ -15,7 +15,7 @@ WHEELS_DIR := .cache/mpic/wheels
 MUSICNN_WHEEL := $(WHEELS_DIR)/musicnn-0.1.0-py3-none-any.whl
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup system-deps pretrained test test-fast lint format run data train fuse evaluate serve mlflow bench gpu-check clean
+.PHONY: help setup system-deps pretrained test test-live test-fast lint format run data train fuse evaluate serve mlflow bench gpu-check clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -43,6 +43,9 @@ setup: system-deps $(VENV)/.installed pretrained ## a .venv with the project (ed
 
 test: setup ## run the whole test suite
 	$(PY) -m pytest -q
+
+test-live: setup ## opt-in: `ray start --head` + `ray job submit` of train and fuse, token auth (~10 min on 2 cores)
+	MPIC_LIVE_TESTS=1 $(PY) -m pytest -q -m live
 
 test-fast: ## tests without Ray, Serve or the browser (seconds)
 	$(PY) -m pytest -q tests/ml

@@ -380,6 +380,29 @@ class ServeConfig(_Strict):
         )
 
 
+class TagConfig(_Strict):
+    """The Ray Data tagging job (``python -m ray_jobs.tag``): decode tasks, then pools of scoring actors.
+
+    Files are decoded by Ray tasks of ``decode_cpus`` each; the decoded audio goes to an autoscaling pool
+    of ``min_actors``..``max_actors`` actors, each holding the ensemble's members and scoring
+    ``batch_size`` files per call, with ``cpus_per_actor`` and, when the cluster has GPUs,
+    ``gpus_per_actor`` (fractions share a GPU).
+    """
+
+    batch_size: Annotated[int, Field(ge=1)] = 16
+    decode_cpus: Annotated[float, Field(gt=0)] = 1.0
+    min_actors: Annotated[int, Field(ge=1)] = 1
+    max_actors: Annotated[int, Field(ge=1)] = 4
+    cpus_per_actor: Annotated[float, Field(gt=0)] = 1.0
+    gpus_per_actor: Annotated[float, Field(ge=0)] = 1.0
+
+    @model_validator(mode="after")
+    def _check(self) -> TagConfig:
+        if self.max_actors < self.min_actors:
+            raise ValueError("max_actors must be >= min_actors")
+        return self
+
+
 class MlflowConfig(_Strict):
     """MLflow tracking server (SQL backend store) and registry settings."""
 
@@ -426,6 +449,7 @@ class Config(_Strict):
     inference: InferenceConfig = InferenceConfig()
     fusion: FusionConfig = FusionConfig()
     serve: ServeConfig = ServeConfig()
+    tag: TagConfig = TagConfig()
     mlflow: MlflowConfig = MlflowConfig()
     ray: RayConfig = RayConfig()
     profile: str | None = None

@@ -12,13 +12,13 @@ live (:class:`FusionUpdate`, :func:`apply_fusion_update`).
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import json
 import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +69,9 @@ class Song:
 class Backend(Protocol):
     """What the API needs from whoever runs the models.
 
-    ``health(member)`` is optional: a backend without it is reported as ``{"status": "ok"}``.
+    ``health(member)`` is optional: a backend without it is reported as ``{"status": "ok"}``. So is an
+    ``observer`` attribute (an :class:`AnalysisObserver`, e.g. the Serve ingress's metrics), which
+    :func:`analyze` tells about each decode and each request's results.
     """
 
     members: list[str]
@@ -84,6 +86,18 @@ class Backend(Protocol):
         Backends batch concurrent calls (windows of many songs in one forward pass) and may raise
         :class:`MemberUnavailableError`; any other exception is reported as the member failing.
         """
+        ...
+
+
+class AnalysisObserver(Protocol):
+    """Told by :func:`analyze` what it did (metrics); found as the backend's optional ``observer``."""
+
+    def decoded(self, decoded: Decoded, seconds: float) -> None:
+        """One upload was decoded (or failed to: ``decoded.error``) in ``seconds``."""
+        ...
+
+    def finished(self, results: Sequence[FileResult]) -> None:
+        """One :func:`analyze` call ended with these per-file results."""
         ...
 
 
@@ -453,7 +467,9 @@ def apply_fusion_update(
 
 
 @dataclass
-class _Decoded:
+class Decoded:
+    """One upload after decoding: its audio and the windows the members score, or why it failed."""
+
     name: str
     audio: Audio | None = None
     error: str | None = None
@@ -488,28 +504,33 @@ class ScoringError(RuntimeError):
         self.retry_after_s = retry_after_s
 
 
-def _decode(
-    name: str,
-    data: bytes,
-    *,
-    window_s: float,
-    hop_s: float,
-    max_seconds: float,
-    min_seconds: float,
-    silence_dbfs: float,
-) -> _Decoded:
-    """Decode once at the file's own rate and place the windows (runs in a worker thread)."""
+def place_windows(cfg: Config, name: str, audio: Audio) -> Decoded:
+    """A decoded file with its windows placed (:func:`ml.inference.window_starts`), ready to score."""
+    starts = window_starts(audio.duration_s, cfg.inference.window_s, cfg.inference.hop_s)
+    return Decoded(name, audio=audio, song=Song(audio.wave, audio.sample_rate, starts))
+
+
+def decode_upload(cfg: Config, name: str, data: bytes) -> Decoded:
+    """Decode one file once, at its own rate, with the config's limits, and place its windows.
+
+    What :func:`analyze` runs for every upload (in a worker thread), and what a batch job runs on its CPU
+    workers before handing the audio to the scoring actors. Undecodable, too long, too short or empty
+    audio gives a :class:`Decoded` with ``error`` (``"<code>: <message>"``), never an exception.
+    """
     try:
         audio = decode(
-            data, None, max_seconds=max_seconds, min_seconds=min_seconds, silence_dbfs=silence_dbfs
+            data,
+            None,
+            max_seconds=min(cfg.audio.max_seconds, cfg.serve.limits.max_seconds),
+            min_seconds=cfg.audio.min_seconds,
+            silence_dbfs=cfg.audio.silence_dbfs,
         )
     except AudioError as e:
-        return _Decoded(name, error=f"{e.code}: {e}")
+        return Decoded(name, error=f"{e.code}: {e}")
     except Exception as e:
         log.warning("decoding %r failed unexpectedly: %r", name, e)
-        return _Decoded(name, error=f"undecodable: could not decode the audio ({type(e).__name__})")
-    starts = window_starts(audio.duration_s, window_s, hop_s)
-    return _Decoded(name, audio=audio, song=Song(audio.wave, audio.sample_rate, starts))
+        return Decoded(name, error=f"undecodable: could not decode the audio ({type(e).__name__})")
+    return place_windows(cfg, name, audio)
 
 
 @dataclass
@@ -562,13 +583,79 @@ async def analyze_files(
 
     Args:
         cfg: The configuration (limits, windows, labels).
-        backend: Scores the members.
+        backend: Scores the members; its optional ``observer`` (:class:`AnalysisObserver`) is told of
+            every decode and of the results.
         uploads: ``(name, bytes)`` of each file.
         weights: Member → fusion weight; members with a positive weight are scored and fused.
         thresholds: Per-class thresholds (label order).
         aggregation: Window aggregation of the fused file scores.
         also_score: Served members to score as well although their weight is 0 (their window scores are
             returned, not fused), so a client can re-weigh without sending the audio again.
+
+    Raises:
+        ScoringError: A backend call failed.
+        WeightsError: No served member has a positive weight, or ``also_score`` names one not served.
+    """
+    if not any(weights.get(m, 0.0) > 0 for m in backend.members):
+        raise WeightsError("no served member has a positive weight")
+    observer: AnalysisObserver | None = getattr(backend, "observer", None)
+
+    def timed_decode(name: str, data: bytes) -> tuple[Decoded, float]:
+        t0 = time.perf_counter()
+        return decode_upload(cfg, name, data), time.perf_counter() - t0
+
+    timed = await asyncio.gather(*(asyncio.to_thread(timed_decode, name, data) for name, data in uploads))
+    if observer is not None:
+        for d, seconds in timed:
+            observer.decoded(d, seconds)
+    files = await score_decoded_files(
+        cfg,
+        backend,
+        [d for d, _ in timed],
+        weights=weights,
+        thresholds=thresholds,
+        aggregation=aggregation,
+        also_score=also_score,
+    )
+    if observer is not None:
+        observer.finished([f.result for f in files])
+    return files
+
+
+async def score_decoded(
+    cfg: Config,
+    backend: Backend,
+    decoded: Sequence[Decoded],
+    *,
+    weights: Mapping[str, float],
+    thresholds: Sequence[float],
+    aggregation: str,
+) -> list[FileResult]:
+    """Score decoded files with every positively weighted member concurrently and fuse, in input order.
+
+    The second half of :func:`analyze` (batch jobs decode elsewhere); a file that failed to decode gets its
+    error result.
+
+    Raises:
+        ScoringError: A backend call failed.
+    """
+    files = await score_decoded_files(
+        cfg, backend, decoded, weights=weights, thresholds=thresholds, aggregation=aggregation
+    )
+    return [f.result for f in files]
+
+
+async def score_decoded_files(
+    cfg: Config,
+    backend: Backend,
+    decoded: Sequence[Decoded],
+    *,
+    weights: Mapping[str, float],
+    thresholds: Sequence[float],
+    aggregation: str,
+    also_score: Collection[str] = (),
+) -> list[AnalyzedFile]:
+    """:func:`score_decoded` with every scored member's per-window scores (see :func:`analyze_files`).
 
     Raises:
         ScoringError: A backend call failed.
@@ -582,21 +669,9 @@ async def analyze_files(
         raise WeightsError(f"members {unknown} are not served; served: {list(backend.members)}")
     scored = [m for m in backend.members if m in active or m in also_score]
     inf = cfg.inference
-    max_seconds = min(cfg.audio.max_seconds, cfg.serve.limits.max_seconds)
-    decode_one = functools.partial(
-        _decode,
-        window_s=inf.window_s,
-        hop_s=inf.hop_s,
-        max_seconds=max_seconds,
-        min_seconds=cfg.audio.min_seconds,
-        silence_dbfs=cfg.audio.silence_dbfs,
-    )
-    decoded: list[_Decoded] = list(
-        await asyncio.gather(*(asyncio.to_thread(decode_one, name, data) for name, data in uploads))
-    )
     jobs = [(d, m) for d in decoded if d.song is not None for m in scored]
 
-    async def score(d: _Decoded, m: str) -> np.ndarray:
+    async def score(d: Decoded, m: str) -> np.ndarray:
         assert d.song is not None
         try:
             return await backend.score(m, d.song)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +33,7 @@ from ml.service import (
     fusion_from_spec,
 )
 from serve.api import create_api
+from serve.metrics import IngressMetrics, instrument
 
 log = logging.getLogger("mpic.serve")
 
@@ -51,9 +53,18 @@ class ServeBackend:
     """
 
     def __init__(
-        self, cfg: Config, handles: Mapping[str, DeploymentHandle], *, retries: int = RETRIES
+        self,
+        cfg: Config,
+        handles: Mapping[str, DeploymentHandle],
+        *,
+        retries: int = RETRIES,
+        metrics: IngressMetrics | None = None,
     ) -> None:
-        """Wrap one handle per served member (sample rates come from the configured front ends)."""
+        """Wrap one handle per served member (sample rates come from the configured front ends).
+
+        ``metrics`` records each member call's latency and is the analysis ``observer``.
+        """
+        self.observer = metrics
         self.handles = dict(handles)
         self.members = list(self.handles)
         self.retries = retries
@@ -73,11 +84,14 @@ class ServeBackend:
         ref = song.cache.get("ray_ref")
         if ref is None:
             ref = song.cache["ray_ref"] = ray.put(song.wave)
+        t0 = time.perf_counter()
         for attempt in range(self.retries + 1):
             try:
                 result: np.ndarray = await self.handles[member].score.remote(
                     ref, song.sample_rate, song.starts_s
                 )
+                if self.observer is not None:
+                    self.observer.member_scored(member, time.perf_counter() - t0)
                 return result
             except BackPressureError as e:
                 retry = e.retry_after_s if e.retry_after_s is not None else self.retry_after_s
@@ -112,12 +126,14 @@ class Ingress:
         """Keep the handles and the built-in spec; the app is built by ``__serve_build_asgi_app__``."""
         self.cfg = cfg
         self.spec = spec
-        self.backend = ServeBackend(cfg, members)
+        self.metrics = IngressMetrics()
+        self.backend = ServeBackend(cfg, members, metrics=self.metrics)
         self.fusion = FusionBox(fusion_from_spec(cfg, spec, self.backend.members))
 
     def __serve_build_asgi_app__(self) -> FastAPI:
-        """The FastAPI app, sharing this replica's swappable fusion settings."""
-        return create_api(self.cfg, self.backend, fusion=self.fusion)
+        """The FastAPI app, sharing this replica's swappable fusion settings, with metrics."""
+        app: FastAPI = instrument(create_api(self.cfg, self.backend, fusion=self.fusion), self.metrics)
+        return app
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         """Apply a fusion ``user_config`` (:class:`ml.service.FusionUpdate`); ``{}`` restores the spec."""

@@ -25,6 +25,7 @@ from ray import serve
 from ml.config import Config
 from ml.inference import Predictor, pick_device
 from ml.service import check_predictor, config_sample_rate, load_predictor
+from serve.metrics import MemberMetrics
 
 Loader = Callable[[Config, str, torch.device], Predictor]
 
@@ -77,6 +78,7 @@ class MemberModel:
             self.predictor = loader(cfg, member, self.device)
         # The ingress frames windows at the configured front-end rate and window length.
         check_predictor(cfg, member, self.predictor, expect_rate=config_sample_rate(cfg, member))
+        self.metrics = MemberMetrics(member, self.device.type)
         self.n_labels = len(self.predictor.labels)
         self.batches = 0
         self.items = 0
@@ -141,7 +143,9 @@ class MemberModel:
     @serve.batch(max_batch_size=_DEFAULT_MAX_BATCH, batch_wait_timeout_s=_DEFAULT_WAIT_S)
     async def score_batch(self, songs: list[tuple[np.ndarray, int, np.ndarray]]) -> list[np.ndarray]:
         """Resample, frame and score the windows of many songs together (off the event loop), split back."""
+        t0 = time.perf_counter()
         scores = await asyncio.to_thread(self.predictor.score_songs, songs)
+        self.metrics.batch(len(songs), time.perf_counter() - t0)
         self.batches += 1
         self.items += len(songs)
         self.windows += sum(len(s[2]) for s in songs)
