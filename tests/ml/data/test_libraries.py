@@ -16,7 +16,8 @@ from ml.data.libraries import (
     library_names,
     resolve_library,
 )
-from ml.data.synth import DEFAULT_GM_PROGRAMS, DEFAULT_RANGES, Preset, _Renderer
+from ml.data.synth import DEFAULT_GM_PROGRAMS, DEFAULT_RANGES, Preset
+from ml.data.synth.render import _Renderer
 
 SR = 22050
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import ml.data.synth as synth
+import ml.data.synth.items as synth_items
 from ml.data.activity import CLIP_MIN_FRACTION, clip_labels, load_activity, stem_activity
 from ml.data.irmas import parse_train_name, scan_irmas
 from ml.data.synth import (
@@ -202,14 +202,14 @@ def test_deterministic_for_seed_and_independent_of_workers(
 
 
 def test_silent_predominant_part_is_redrawn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = synth._lead_notes
+    real = synth_items._lead_notes
     calls: list[int] = []
 
     def first_call_silent(*args: Any, **kwargs: Any) -> list[Any]:
         calls.append(1)
         return [] if len(calls) == 1 else real(*args, **kwargs)
 
-    monkeypatch.setattr(synth, "_lead_notes", first_call_silent)
+    monkeypatch.setattr(synth_items, "_lead_notes", first_call_silent)
     synthesize(
         tmp_path,
         labels=["vio"],
@@ -229,7 +229,7 @@ def test_silent_predominant_part_is_redrawn(tmp_path: Path, monkeypatch: pytest.
 
 
 def test_always_silent_predominant_part_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(synth, "_lead_notes", lambda *a, **k: [])
+    monkeypatch.setattr(synth_items, "_lead_notes", lambda *a, **k: [])
     with pytest.raises(SynthError, match="no audible result"):
         synthesize(
             tmp_path,
@@ -245,7 +245,7 @@ def test_always_silent_predominant_part_raises(tmp_path: Path, monkeypatch: pyte
 
 
 def test_silent_test_instrument_is_not_labelled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(synth, "_lead_notes", lambda *a, **k: [])
+    monkeypatch.setattr(synth_items, "_lead_notes", lambda *a, **k: [])
     synthesize(
         tmp_path,
         labels=SMALL_LABELS,
