@@ -181,6 +181,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return _evaluate_lolo(cfg, args, data)
     spec = load_spec(cfg, args.version, allow_untrained=args.untrained)
     report = evaluate(cfg, data_root=data, members=args.models, spec=spec, allow_untrained=args.untrained)
+    if spec.registered_model and spec.version and "ensemble" in report and not args.models:
+        from ml.tracking import attach_test_evaluation
+
+        where = attach_test_evaluation(cfg, spec.registered_model, spec.version, report["ensemble"])
+        print(f"test metrics attached to {where}", file=sys.stderr)
     if args.output:
         Path(args.output).write_text(json.dumps(report, indent=2))
     print(format_table(report) if args.format == "table" else json.dumps(report, indent=2))

@@ -63,6 +63,7 @@ from ml.config.schema import (
     ServeLimits,
     SpecAugmentConfig,
     SynthConfig,
+    TagConfig,
     TrainConfig,
 )
 
@@ -99,6 +100,7 @@ __all__ = [
     "ServeLimits",
     "SpecAugmentConfig",
     "SynthConfig",
+    "TagConfig",
     "TrainConfig",
     "add_config_args",
     "apply_override",

@@ -21,6 +21,7 @@ from ml.tracking.pyfunc import EnsembleModel, MemberModel, requirements
 from ml.tracking.registry import (
     Registration,
     attach_evaluation,
+    attach_test_evaluation,
     champion_version,
     download_member,
     find_member_version,
@@ -203,6 +204,7 @@ __all__ = [
     "_search",
     "_versions",
     "attach_evaluation",
+    "attach_test_evaluation",
     "champion_version",
     "client",
     "download_member",

@@ -480,6 +480,29 @@ def attach_evaluation(
     return {f"{prefix}.{k}": f"{v:.6g}" for k, v in headline.items()}
 
 
+def attach_test_evaluation(
+    cfg: Config, name: str, version: str | int, report: Mapping[str, Any], prefix: str = "test"
+) -> str:
+    """Attach `mpic evaluate`'s ensemble report to a registered version: its run and ``test.*`` tags.
+
+    Args:
+        cfg: Project configuration.
+        name: Registered ensemble model name.
+        version: Its version number.
+        report: The fused ensemble's :func:`ml.metrics.evaluate` report on the test excerpts.
+        prefix: Metric, artifact-folder and tag prefix.
+
+    Returns:
+        ``"<name> version <version>"``.
+    """
+    mv = _resolve_version(cfg, name, str(version))
+    tags = attach_evaluation(cfg, mv.run_id, report, prefix=prefix)
+    c = client(cfg)
+    for k, v in tags.items():
+        c.set_model_version_tag(name, str(mv.version), k, v)
+    return f"{name} version {mv.version}"
+
+
 def _log_f1_plot(
     cfg: Config, run_id: str, per_class: Mapping[str, float], artifact_file: str, macro: float | None
 ) -> None:

@@ -172,3 +172,27 @@ def test_python_dash_m_entry_points() -> None:
             [sys.executable, "-m", mod, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120
         )
         assert r.returncode == 0 and "predict" in r.stdout, r.stderr
+
+
+def test_evaluate_attaches_test_metrics_to_the_registered_version(
+    cfg: Config, overrides: list[str], registered: dict[str, Any], song: Path, tmp_path: Path, capsys: Any
+) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for name, labels in (("a", "pia\nvio\n"), ("b", "gel\n")):
+        (plain / f"{name}.wav").write_bytes(song.read_bytes())
+        (plain / f"{name}.txt").write_text(labels)
+    out = tmp_path / "report.json"
+    args = ["evaluate", "--data", str(plain), "--untrained", "--format", "json", "--output", str(out)]
+    code, _, err = cli(args, overrides, capsys)
+    assert code == 0, err
+    assert f"test metrics attached to {registered['name']} version {registered['version']}" in err
+    report = json.loads(out.read_text())["ensemble"]
+    c = tracking.client(cfg)
+    mv = c.get_model_version(registered["name"], str(registered["version"]))
+    assert float(mv.tags["test.macro_f1"]) == pytest.approx(report["macro_f1"], rel=1e-5)
+    run = c.get_run(mv.run_id)
+    assert run.data.metrics["test/macro_f1"] == pytest.approx(report["macro_f1"])
+    assert {"test/report.json", "test/per_class_f1.png"} <= {
+        f.path for f in c.list_artifacts(mv.run_id, "test")
+    }
