@@ -496,7 +496,7 @@ def fit(
         )
         val_emb = window_embeddings(model, val_windows, device, cfg.inference.batch_size)
         train_t = torch.arange(len(cache))
-        steps = math.ceil(len(cache) / tc.batch_size)  # an epoch is one pass over the cached views
+        steps = math.ceil(len(cache) / tc.batch_size)  # steps of one pass over the cached views
     for epoch in range(start_epoch, tc.epochs):
         net.train()
         augmenter.train()
@@ -505,7 +505,12 @@ def fit(
         loss_sum = 0.0
         steps_done = 0
         perm = train_t[torch.randperm(len(train_t), generator=gen)][rank::world]
-        for step in range(steps):
+        if cache is not None:  # head_passes passes over the cache, each in its own order
+            perm = torch.cat(
+                [perm]
+                + [train_t[torch.randperm(len(train_t), generator=gen)] for _ in range(tc.head_passes - 1)]
+            )
+        for step in range(steps * (tc.head_passes if cache is not None else 1)):
             if (
                 tc.time_budget_s is not None
                 and cache is None  # with a cache the budget went into the views; head epochs cost ms

@@ -227,8 +227,11 @@ class TrainConfig(_Strict):
     crop_min_active: Annotated[float, Field(ge=0, le=1)] = 0.3
     # Members with a frozen pretrained trunk (musicnn, freeze: true): embed this many augmented passes over
     # the training clips once (stopping early at time_budget_s), then train only the head on the cached
-    # embeddings, one pass over them per epoch (ml/head_cache.py). 0: every step runs the trunk.
+    # embeddings, head_passes passes over them per epoch (ml/head_cache.py). 0: every step runs the trunk.
     head_views: Annotated[int, Field(ge=0)] = 0
+    # With head_views: passes over the cached embeddings per epoch (an epoch ends with validation and a
+    # checkpoint report, which costs more than a pass of the head).
+    head_passes: Annotated[int, Field(ge=1)] = 4
     amp: bool = True
     seed: int = 0
     num_workers: Annotated[int, Field(ge=1)] = 1

@@ -176,16 +176,16 @@ def test_frozen_trunk_head_trains_on_cached_views_and_validates_like_the_whole_m
     from ml.models import build_classifier
     from ml.train import _validate
 
-    cfg = _with_member_train(smoke_cfg, "mn_mtt", head_views=2, epochs=3, time_budget_s=None)
+    cfg = _with_member_train(smoke_cfg, "mn_mtt", head_views=2, head_passes=3, epochs=3, time_budget_s=None)
     hooks = LocalHooks(tmp_path / "work")
     r = fit(cfg, "mn_mtt", 0, out_dir=tmp_path / "out", hooks=hooks, data=data16k)
     train_idx, val_idx = data16k.split(0)
     rows = hooks.history
     assert len(rows) == 3 and all(h["cache_views"] == 2 for h in rows)
     assert rows[0]["cache_size"] == 2 * len(train_idx)  # one embedded crop per clip and view
-    # An epoch is one pass over the cache, whatever steps_per_epoch says (the smoke profile's 2).
+    # An epoch is head_passes passes over the cache, whatever steps_per_epoch says (the smoke profile's 2).
     steps = -(-len(train_idx) * 2 // cfg.member_train("mn_mtt").batch_size)
-    assert rows[0]["samples"] == steps * cfg.member_train("mn_mtt").batch_size
+    assert rows[0]["samples"] == 3 * steps * cfg.member_train("mn_mtt").batch_size
     # The cached validation is the whole model's: the saved checkpoint validated end to end agrees.
     clf, _ = load_classifier(r.model_path)
     full, _ = _validate(clf, data16k, val_idx, cfg, torch.device("cpu"), cfg.train.val_windows_hop_s)
