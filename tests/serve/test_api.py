@@ -16,7 +16,7 @@ import soundfile as sf
 import yaml
 from fastapi import FastAPI
 
-import ml.service as api_mod
+import ml.service.analysis as analysis_mod
 from ml.config import Config, deep_merge
 from ml.ensemble import EnsembleSpec, MemberRef, default_spec, save_spec
 from ml.inference import EnsemblePredictor
@@ -231,13 +231,13 @@ def test_decode_once_and_send_every_member_the_same_song(
 ) -> None:
     """One decode per file; every member (whatever its rate) gets the same compact song, not windows."""
     decodes: list[int] = []
-    real_decode = api_mod.decode
+    real_decode = analysis_mod.decode
 
     def counting_decode(*a: Any, **kw: Any) -> Any:
         decodes.append(1)
         return real_decode(*a, **kw)
 
-    monkeypatch.setattr(api_mod, "decode", counting_decode)
+    monkeypatch.setattr(analysis_mod, "decode", counting_decode)
     fake = FakeBackend(len(api_cfg.labels))
     c = client_for(create_api(api_cfg, fake, spec=fake_spec(api_cfg)))
     r = c.post(MULTI, files=files_of(audio_files, "wav", "flac"))
