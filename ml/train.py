@@ -38,6 +38,9 @@ from ml.inference import frame_windows, pick_device, window_starts
 from ml.models import Classifier, build_classifier, classifier_spec
 
 STATE_FILE = "train_state.pt"
+# With train.head_views, the share of time_budget_s kept for the head's steps: the views stop at the rest
+# (after the pass that crosses it) and the head trains until the budget is spent, but at least this share.
+HEAD_BUDGET_SHARE = 1 / 3
 OOF_FILE = "oof.npz"
 GENRES = ("cou_fol", "cla", "pop_roc", "lat_sou", "jaz_blu")
 
@@ -469,6 +472,7 @@ def fit(
 
     train_t = torch.from_numpy(train_idx)
     spent = sum(h.get("train_s", 0.0) for h in history)  # training-step seconds so far (for time_budget_s)
+    budget = tc.time_budget_s
 
     def draw(idx: torch.Tensor, g: torch.Generator) -> Batch:
         wave, target = cropper(idx, g)
@@ -489,13 +493,15 @@ def fit(
             views=tc.head_views,
             batch_size=tc.batch_size,
             seed=tc.seed * 7919 + fold + 1,
-            time_budget_s=tc.time_budget_s,
+            time_budget_s=None if budget is None else budget * (1 - HEAD_BUDGET_SHARE),
         )
         val_windows, val_owner = _clip_windows(
             data.store, val_idx, cfg.inference.window_s, tc.val_windows_hop_s
         )
         val_emb = window_embeddings(model, val_windows, device, cfg.inference.batch_size)
         train_t = torch.arange(len(cache))
+        if budget is not None:  # the head's steps get what the views left, and at least their share
+            budget = max(budget - cache.seconds, budget * HEAD_BUDGET_SHARE)
         steps = math.ceil(len(cache) / tc.batch_size)  # steps of one pass over the cached views
     for epoch in range(start_epoch, tc.epochs):
         net.train()
@@ -511,12 +517,7 @@ def fit(
                 + [train_t[torch.randperm(len(train_t), generator=gen)] for _ in range(tc.head_passes - 1)]
             )
         for step in range(steps * (tc.head_passes if cache is not None else 1)):
-            if (
-                tc.time_budget_s is not None
-                and cache is None  # with a cache the budget went into the views; head epochs cost ms
-                and steps_done
-                and spent + time.perf_counter() - t_epoch >= tc.time_budget_s
-            ):
+            if budget is not None and steps_done and spent + time.perf_counter() - t_epoch >= budget:
                 break
             t0 = time.perf_counter()
             a = (step * tc.batch_size) % len(perm)
@@ -553,7 +554,7 @@ def fit(
             torch.cuda.synchronize()
         train_time = time.perf_counter() - t_epoch
         spent += train_time
-        out_of_time = cache is None and tc.time_budget_s is not None and spent >= tc.time_budget_s
+        out_of_time = budget is not None and spent >= budget
         if cache is not None and val_emb is not None:
             model.eval()
             with torch.no_grad():

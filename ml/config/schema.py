@@ -226,8 +226,9 @@ class TrainConfig(_Strict):
     # (clips with recorded per-label activity, e.g. rendered polyphonic clips); others keep clip labels.
     crop_min_active: Annotated[float, Field(ge=0, le=1)] = 0.3
     # Members with a frozen pretrained trunk (musicnn, freeze: true): embed this many augmented passes over
-    # the training clips once (stopping early at time_budget_s), then train only the head on the cached
-    # embeddings, head_passes passes over them per epoch (ml/head_cache.py). 0: every step runs the trunk.
+    # the training clips once, then train only the head on the cached embeddings, head_passes passes over
+    # them per epoch (ml/head_cache.py). Under time_budget_s the views stop at 2/3 of it and the head trains
+    # for the rest, at least 1/3 (ml.train.HEAD_BUDGET_SHARE). 0: every step runs the trunk.
     head_views: Annotated[int, Field(ge=0)] = 0
     # With head_views: passes over the cached embeddings per epoch (an epoch ends with validation and a
     # checkpoint report, which costs more than a pass of the head).

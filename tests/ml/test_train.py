@@ -198,9 +198,19 @@ def test_frozen_trunk_head_trains_on_cached_views_and_validates_like_the_whole_m
     assert not torch.equal(clf.model.head[-1].weight, fresh.model.head[-1].weight)
 
 
-def test_head_views_stop_at_the_time_budget_after_one_view(smoke_cfg, data16k, tmp_path):
-    cfg = _with_member_train(smoke_cfg, "mn_mtt", head_views=50, epochs=2, time_budget_s=1e-3)
+def test_head_views_and_head_steps_share_the_time_budget(smoke_cfg, data16k, tmp_path):
+    # A budget far below one view: one view is embedded, then the head gets its third of the budget: one
+    # step (at least one always runs) of the first epoch, although 10^5 epochs were asked for.
+    cfg = _with_member_train(smoke_cfg, "mn_mtt", head_views=50, epochs=100_000, time_budget_s=1e-3)
     hooks = LocalHooks(tmp_path / "work")
     r = fit(cfg, "mn_mtt", 0, out_dir=tmp_path / "out", hooks=hooks, data=data16k)
-    assert r.epochs_run == 2  # head epochs are not cut by the budget the views spent
-    assert all(h["cache_views"] == 1 for h in hooks.history)
+    assert r.epochs_run == 1 and hooks.history[0]["cache_views"] == 1
+    assert hooks.history[0]["samples"] == cfg.member_train("mn_mtt").batch_size
+    # A budget the views cannot use up (2 views): the head trains for the rest of it, then stops.
+    cfg = _with_member_train(smoke_cfg, "mn_mtt", head_views=2, epochs=100_000, time_budget_s=8.0)
+    hooks = LocalHooks(tmp_path / "work2")
+    r = fit(cfg, "mn_mtt", 0, out_dir=tmp_path / "out2", hooks=hooks, data=data16k)
+    rows = hooks.history
+    assert rows[0]["cache_views"] == 2 and 1 < r.epochs_run < 100_000
+    head_s = sum(h["train_s"] for h in rows)
+    assert max(8.0 - rows[0]["cache_s"], 8.0 / 3) <= head_s < max(8.0 - rows[0]["cache_s"], 8.0 / 3) + 2.0
