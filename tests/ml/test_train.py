@@ -207,7 +207,9 @@ def test_head_views_and_head_steps_share_the_time_budget(smoke_cfg, data16k, tmp
     assert r.epochs_run == 1 and hooks.history[0]["cache_views"] == 1
     assert hooks.history[0]["samples"] == cfg.member_train("mn_mtt").batch_size
     # A budget the views cannot use up (2 views): the head trains for the rest of it, then stops.
-    cfg = _with_member_train(smoke_cfg, "mn_mtt", head_views=2, epochs=100_000, time_budget_s=8.0)
+    cfg = _with_member_train(
+        smoke_cfg, "mn_mtt", head_views=2, epochs=100_000, early_stopping_patience=10**6, time_budget_s=8.0
+    )
     hooks = LocalHooks(tmp_path / "work2")
     r = fit(cfg, "mn_mtt", 0, out_dir=tmp_path / "out2", hooks=hooks, data=data16k)
     rows = hooks.history
