@@ -629,6 +629,12 @@ def fit(
         model_eval.load_state_dict(model.state_dict())
     window_s, hop_s = cfg.inference.window_s, cfg.inference.hop_s
     windows, owner = _clip_windows(data.store, val_idx, window_s, hop_s)
+    # The held-out clips' windows were embedded for validation already: score them with the (best) head
+    # instead of running the frozen trunk over them again; only the mixtures below need the whole model.
+    reuse = (
+        cache is not None and val_emb is not None and model_eval is model and tc.val_windows_hop_s == hop_s
+    )
+    n_clip_windows = len(windows) if reuse else 0
     oof_paths = [data.manifest.records[i].path for i in val_idx]
     y_oof = data.targets[val_idx]
     if tc.oof_mixtures:
@@ -639,7 +645,14 @@ def fit(
             mw, mo = _wave_windows(mixes, sr, window_s, hop_s)
             windows, owner = np.concatenate([windows, mw]), np.concatenate([owner, mo + len(val_idx)])
             oof_paths, y_oof = oof_paths + mix_names, np.concatenate([y_oof, y_mix])
-    probs = 1.0 / (1.0 + np.exp(-_score(model_eval, windows, device, cfg.inference.batch_size)))
+    parts = []
+    if reuse and val_emb is not None:
+        model.eval()
+        with torch.no_grad():
+            parts.append(model.model.head_logits(val_emb).float().cpu().numpy())
+    if len(windows) > n_clip_windows:
+        parts.append(_score(model_eval, windows[n_clip_windows:], device, cfg.inference.batch_size))
+    probs = 1.0 / (1.0 + np.exp(-np.concatenate(parts)))
     oof_path = save_oof(
         out_dir / OOF_FILE,
         paths=oof_paths,

@@ -191,6 +191,14 @@ def test_frozen_trunk_head_trains_on_cached_views_and_validates_like_the_whole_m
     full, _ = _validate(clf, data16k, val_idx, cfg, torch.device("cpu"), cfg.train.val_windows_hop_s)
     for k in ("val_loss", "val_lrap", "val_macro_f1"):
         assert full[k] == pytest.approx(r.metrics[k], abs=1e-5), k
+    # The out-of-fold scores (clip windows from the cached embeddings, mixtures through the whole model)
+    # are the saved model's.
+    oof_windows = np.load(r.oof_path)["window_scores"]
+    from ml.train import _clip_windows, _score
+
+    windows, _ = _clip_windows(data16k.store, val_idx, cfg.inference.window_s, cfg.inference.hop_s)
+    whole = 1 / (1 + np.exp(-_score(clf, windows, torch.device("cpu"), 64)))
+    np.testing.assert_allclose(oof_windows[: len(windows)], whole, atol=1e-5)
     # Only the head trained: the frozen trunk is the pretrained one.
     fresh = build_classifier(cfg, "mn_mtt")
     for (k, a), b in zip(clf.model.trunk.named_buffers(), fresh.model.trunk.buffers(), strict=True):
