@@ -212,9 +212,9 @@ def _family_rows(report: Mapping[str, Any], name: str) -> list[list[Any]]:
             "**mean**",
             "",
             m["micro_f1"],
-            f"**{m['macro_f1']}**",
+            f"**{m['macro_f1']:.3f}**",
             t["macro_f1"],
-            f"**{m['lrap']}**",
+            f"**{m['lrap']:.3f}**",
             m["map"],
             f"{m['cardinality_pred']:.2f} / {m['cardinality_true']:.2f}",
         ]
