@@ -1040,8 +1040,8 @@ def render_markdown(result: dict[str, Any], *, figures: dict[str, str] | None = 
     if rat.get("ratio_at_target_clients") is not None:
         lines += [
             "",
-            f"At N={rat['clients_target']}: ratio **{rat['ratio_at_target_clients']:.2f}** (target ≥ {TARGET_RATIO:g}), "
-            f"p99 {rat['p99_at_target_clients']:.2f} s.",
+            f"At N={rat['clients_target']}: ratio **{rat['ratio_at_target_clients']:.2f}** "
+            f"(target ≥ {TARGET_RATIO:g}), p99 {rat['p99_at_target_clients']:.2f} s.",
         ]
     if rat.get("serve_overhead_cpu_s_per_audio_s") is not None:
         lines += [

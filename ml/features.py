@@ -13,7 +13,8 @@ Every front end
 * converts to dB, clips at ``top_db`` below each example's maximum and normalises per ``norm``:
   ``max`` = dB relative to the example's maximum divided by ``top_db``, so values lie in [-1, 0] (the
   seed's ``power_to_db(ref=np.max)``, rescaled); ``instance`` = per-example standardisation (zero mean,
-  unit variance over the whole spectrogram); ``none`` = the clipped dB values;
+  unit variance over the whole spectrogram); ``none`` = the clipped dB values; ``pcen`` (mel only) =
+  per-channel energy normalisation of the mel power instead of dB (:func:`pcen`);
 * applies SpecAugment-style frequency and time masks in training mode only, with a random number and
   placement of masks per example (vectorised over the batch).
 
@@ -24,7 +25,7 @@ state dict: they are a pure function of the config, which a checkpoint stores an
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import numpy as np
 import torch
@@ -37,6 +38,10 @@ from ml.registry import Registry
 
 TARGET_RMS = 0.1
 """Waves are scaled to this RMS (-20 dBFS) before analysis; only ``norm: none`` ever sees the level."""
+PCEN_SMOOTHING = 0.025
+"""PCEN's smoother coefficient per frame (librosa's default; ~40 frames ≈ 0.4 s at a 10-ms hop)."""
+PCEN_SCALE = 2.0**31
+"""Mel power of float waves scaled like 32-bit integer audio before PCEN (librosa's advice)."""
 
 _MIN_RMS = 1e-6  # below this (-120 dBFS) a wave counts as silent and is not amplified
 _POWER_AMIN = 1e-10  # floor of power spectrograms before dB (librosa's power_to_db default)
@@ -49,6 +54,38 @@ def rms_normalise(wave: Tensor, target: float = TARGET_RMS) -> Tensor:
     rms = wave.square().mean(dim=-1, keepdim=True).sqrt()
     scale = torch.where(rms > _MIN_RMS, target / rms.clamp_min(_MIN_RMS), torch.ones_like(rms))
     return wave * scale
+
+
+def pcen(
+    power: Tensor,
+    *,
+    smoothing: float = PCEN_SMOOTHING,
+    gain: float = 0.98,
+    bias: float = 2.0,
+    power_exp: float = 0.5,
+    eps: float = 1e-6,
+) -> Tensor:
+    """Per-channel energy normalisation (Wang et al. 2017) of a power spectrogram (B, F, T).
+
+    ``(E / (eps + M)^gain + bias)^power_exp - bias^power_exp`` with ``M`` a first-order IIR smoothing of
+    ``E`` along time (``M[t] = (1 - smoothing) M[t-1] + smoothing E[t]``, started at ``E[0]`` as if it had
+    always been there). Each band is divided by its own recent energy, so a fixed EQ or level of a sound
+    source cancels out; librosa's defaults, with the power of waves at :data:`TARGET_RMS` scaled like
+    32-bit integer audio (librosa's advice) so that ``bias`` sits at a comparable level.
+    """
+    e = power.float() * PCEN_SCALE
+    e0 = e[..., :1]
+    # the IIR runs in float64: a 0.975 pole over thousands of frames drifts in float32 (lfilter clamps off)
+    m = (
+        AF.lfilter(
+            (e - e0).double(),
+            torch.tensor([1.0, smoothing - 1.0], dtype=torch.float64, device=e.device),
+            torch.tensor([smoothing, 0.0], dtype=torch.float64, device=e.device),
+            clamp=False,
+        ).float()
+        + e0
+    )
+    return (e / (eps + m).pow(gain) + bias).pow(power_exp) - bias**power_exp
 
 
 def spec_augment_masks(
@@ -130,6 +167,15 @@ class FrontEnd(nn.Module):
         with fp32:
             x = rms_normalise(wave.float())
             chunk = self.cpu_chunk(x.shape[-1]) if x.device.type == "cpu" else 0
+            if self.norm == "pcen":
+                power = cast(MelFrontEnd, self).power  # the config allows pcen for mel front ends only
+                if 0 < chunk < x.shape[0]:
+                    spec = torch.cat([pcen(power(part)) for part in x.split(chunk)])
+                else:
+                    spec = pcen(power(x))
+                if self.training:
+                    spec = self._mask(spec, generator)
+                return spec.unsqueeze(1)
             if 0 < chunk < x.shape[0]:
                 spec = torch.cat([self.db(part) for part in x.split(chunk)])
             else:

@@ -378,6 +378,16 @@ def _val_metrics(
     }, per_clip
 
 
+def smooth_targets(target: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """Training targets pulled towards 1/2: ``y (1 - ls) + ls / 2`` (unchanged when ``ls`` is 0).
+
+    Args:
+        target: (B, C) multi-label targets in [0, 1].
+        label_smoothing: ``train.label_smoothing`` in [0, 1).
+    """
+    return target * (1.0 - label_smoothing) + 0.5 * label_smoothing if label_smoothing else target
+
+
 def _optimizer(model: torch.nn.Module, tc: Any) -> torch.optim.Optimizer:
     if tc.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
@@ -424,6 +434,10 @@ def fit(
     device = device or pick_device()
     tc = cfg.member_train(member)
     mcfg = cfg.members[member]
+
+    def smooth(target: torch.Tensor) -> torch.Tensor:
+        return smooth_targets(target, tc.label_smoothing)
+
     if tc.torch_threads:
         torch.set_num_threads(tc.torch_threads)
     torch.manual_seed(tc.seed * 1000 + fold)
@@ -528,7 +542,7 @@ def fit(
                 emb, target = cache.emb[idx], cache.target[idx]
                 t_data += time.perf_counter() - t0
                 logits = model.model.head_logits(emb)
-                loss = F.binary_cross_entropy_with_logits(logits.float(), target)
+                loss = F.binary_cross_entropy_with_logits(logits.float(), smooth(target))
             else:
                 wave, target = cropper(idx, gen)
                 batch = Batch(
@@ -543,7 +557,7 @@ def fit(
                 batch = augmenter(batch, gen)
                 with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                     logits = net(batch.wave)
-                    loss = F.binary_cross_entropy_with_logits(logits.float(), batch.target)
+                    loss = F.binary_cross_entropy_with_logits(logits.float(), smooth(batch.target))
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)

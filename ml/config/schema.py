@@ -123,7 +123,8 @@ class MelConfig(_Strict):
     f_min: Annotated[float, Field(ge=0)] = 30.0
     f_max: float | None = None
     top_db: Annotated[float, Field(gt=0)] = 80.0
-    norm: Literal["max", "instance", "none"] = "instance"
+    # pcen: per-channel energy normalisation of the mel power instead of dB (top_db unused)
+    norm: Literal["max", "instance", "none", "pcen"] = "instance"
     spec_augment: SpecAugmentConfig = SpecAugmentConfig()
 
     @model_validator(mode="after")
@@ -206,6 +207,8 @@ class TrainConfig(_Strict):
     batch_size: Annotated[int, Field(ge=1)] = 64
     lr: Annotated[float, Field(gt=0)] = 1e-3
     weight_decay: Annotated[float, Field(ge=0)] = 1e-4
+    # training targets pulled towards 1/2 by this much (y (1 - ls) + ls / 2); validation uses the true ones
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
     optimizer: Literal["adam", "adamw"] = "adamw"
     monitor: Literal["val_loss", "val_lrap", "val_macro_f1"] = "val_loss"
     early_stopping_patience: Annotated[int, Field(ge=1)] = 7

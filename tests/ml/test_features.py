@@ -210,3 +210,48 @@ def test_cpu_chunking_changes_nothing(cfg):
     direct = torch.maximum(direct, peak - fe.top_db)
     m, s = direct.mean(dim=(1, 2), keepdim=True), direct.std(dim=(1, 2), keepdim=True)
     torch.testing.assert_close(chunked[:, 0], (direct - m) / (s + 1e-5), rtol=1e-4, atol=1e-4)
+
+
+def _pcen_reference(e: np.ndarray, s=0.025, alpha=0.98, delta=2.0, r=0.5, eps=1e-6) -> np.ndarray:
+    """PCEN written out frame by frame (Wang et al. 2017), smoother started at the first frame."""
+    m = np.empty_like(e)
+    m[..., 0] = e[..., 0]
+    for t in range(1, e.shape[-1]):
+        m[..., t] = (1 - s) * m[..., t - 1] + s * e[..., t]
+    return (e / (eps + m) ** alpha + delta) ** r - delta**r
+
+
+def test_pcen_matches_the_frame_by_frame_definition():
+    from ml.features import PCEN_SCALE, pcen
+
+    power = torch.rand(2, 5, 300, dtype=torch.float64).float() * 1e-3
+    power[:, :, 100:] *= 50.0  # a step in level: the smoother has to catch up
+    got = pcen(power)
+    want = _pcen_reference(power.double().numpy() * PCEN_SCALE)
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_pcen_front_end_cancels_a_fixed_band_gain(cfg):
+    """A +20 dB boost of a band moves its dB features by 20 dB but its PCEN features by (1 - 0.98) of that."""
+    base = cfg.front_ends["mel_fast"]
+    fe = build_front_end(base.model_copy(update={"norm": "pcen"})).eval()
+    assert cfg.front_ends["mel_pcen"].norm == "pcen"
+    x = torch.randn(2, 2 * fe.sample_rate) * 0.1
+    with torch.inference_mode():
+        p = fe.power(x)
+        boosted = p.clone()
+        boosted[:, 40:50] *= 100.0
+        from ml.features import pcen
+
+        a, b = pcen(p)[..., 20:], pcen(boosted)[..., 20:]  # after the smoother has settled
+        feats = fe(x)
+    assert feats.shape == (2, 1, base.n_mels, fe.frames(x.shape[-1])) and torch.isfinite(feats).all()
+    rel = (b[:, 40:50] / a[:, 40:50]).mean().item()
+    assert 1.0 < rel < 1.2  # 100 ** 0.02 ≈ 1.10 at most, against 100× in power
+    torch.testing.assert_close(a[:, :40], b[:, :40])  # other bands untouched
+    fe.train()
+    torch.manual_seed(0)
+    masked = fe(x)
+    assert masked.shape == feats.shape and not torch.equal(masked, feats)  # SpecAugment in training only
+    with torch.inference_mode():
+        torch.testing.assert_close(fe.eval()(x), feats)

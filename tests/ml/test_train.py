@@ -224,3 +224,17 @@ def test_head_views_and_head_steps_share_the_time_budget(smoke_cfg, data16k, tmp
     assert rows[0]["cache_views"] == 2 and 1 < r.epochs_run < 100_000
     head_s = sum(h["train_s"] for h in rows)
     assert max(8.0 - rows[0]["cache_s"], 8.0 / 3) <= head_s < max(8.0 - rows[0]["cache_s"], 8.0 / 3) + 2.0
+
+
+def test_label_smoothing_pulls_targets_towards_one_half():
+    import torch
+
+    from ml.config import load_config
+    from ml.train import smooth_targets
+
+    y = torch.tensor([[0.0, 1.0, 0.5]])
+    assert smooth_targets(y, 0.0) is y
+    torch.testing.assert_close(smooth_targets(y, 0.1), torch.tensor([[0.05, 0.95, 0.5]]))
+    cfg = load_config()
+    assert cfg.member_train("res_ls").label_smoothing == 0.1
+    assert cfg.member_train("res_genre").label_smoothing == 0.0
