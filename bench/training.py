@@ -5,7 +5,7 @@ Run with ``python -m bench.training [--quick] [--member NAME] [--no-write]`` (``
 1. **One member, one fold, three ways, in the same run** (alternating, repeated; the medians are kept):
 
    * *bare loop*: a minimal hand-written PyTorch loop in this process over the same decode-once cache
-     (:func:`ml.train.load_train_data`), the same model (:func:`ml.models.build_classifier` at the
+     (:func:`ml.train_data.load_train_data`), the same model (:func:`ml.models.build_classifier` at the
      training crop), the same cropper, augmenter, optimiser and loss as :func:`ml.train.fit`; no validation,
      no checkpoints;
    * *fit in-process*: :func:`ml.train.fit` with :class:`ml.train.LocalHooks` (our loop without Ray);
@@ -379,7 +379,8 @@ def bare_loop(cfg: Config, member: str, data: Any, fold: int, *, threads: int) -
     from ml.augment import Batch, build_augmenter
     from ml.inference import pick_device
     from ml.models import build_classifier
-    from ml.train import _Cropper, _optimizer
+    from ml.train import _optimizer
+    from ml.train_data import Cropper
 
     t_start = time.perf_counter()
     torch.set_num_threads(threads)
@@ -393,7 +394,7 @@ def bare_loop(cfg: Config, member: str, data: Any, fold: int, *, threads: int) -
     use_amp = tc.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     gen = torch.Generator().manual_seed(tc.seed * 7919 + fold)
-    cropper = _Cropper(data, round(tc.crop_s * sr), device, tc.crop_min_active)
+    cropper = Cropper(data, round(tc.crop_s * sr), device, tc.crop_min_active)
     genre = torch.from_numpy(data.genre)
     tempo = torch.from_numpy(data.store.tempo.astype(np.float32))
     train_t = torch.from_numpy(data.split(fold)[0])
@@ -524,7 +525,7 @@ def compare(cfg: Config, wd: Path, member: str, *, repeats: int, threads: int) -
     """
     import torch
 
-    from ml.train import load_train_data
+    from ml.train_data import load_train_data
     from ray_jobs.train import member_sample_rate
 
     data = load_train_data(cfg, member_sample_rate(cfg, member))

@@ -32,7 +32,8 @@ from ml.data.manifest import ClipRecord, Manifest
 from ml.evaluate import member_window_scores
 from ml.inference import load_member, member_dirs, pick_device
 from ml.oof import load_oof_set
-from ml.train import FitResult, LocalHooks, fit, train_data_from_records
+from ml.train import FitResult, LocalHooks, fit
+from ml.train_data import train_data_from_records
 
 TRIVIAL = "every instrument (trivial)"
 ENSEMBLE = "fused ensemble"
@@ -104,7 +105,7 @@ def check_no_leak(
         AssertionError: Naming the offending clip and the step (``what``) where it leaked in.
     """
     for p in paths:
-        # OOF mixtures are named "mix<r>:<path>+<path>…" (ml.train.heldout_mixtures)
+        # OOF mixtures are named "mix<r>:<path>+<path>…" (ml.train_data.heldout_mixtures)
         parts = p.split(":", 1)[1].split("+") if p.startswith("mix") and ":" in p else [p]
         for part in parts:
             rec = records.get(part)

@@ -1,9 +1,10 @@
-"""Out-of-fold predictions of the ensemble's members, aligned, and the fusion objective on them.
+"""Out-of-fold predictions of the ensemble's members: their files, aligned, and the fusion objective.
 
-Training leaves ``runs_dir/<member>/fold<k>/oof.npz`` (window scores of the held-out clips). This module
-merges them per member, aligns members on the clips they all scored, aggregates windows per clip with each
-candidate method once, and scores a fusion candidate (weights + aggregation) with per-class thresholds
-fitted on the same out-of-fold *training* predictions — the test set is never touched.
+Training leaves ``runs_dir/<member>/fold<k>/oof.npz`` (window scores of the held-out clips, written with
+:func:`save_oof`; :func:`load_oof` reads one member's back). This module merges them per member, aligns
+members on the clips they all scored, aggregates windows per clip with each candidate method once, and
+scores a fusion candidate (weights + aggregation) with per-class thresholds fitted on the same out-of-fold
+*training* predictions — the test set is never touched.
 """
 
 from __future__ import annotations
@@ -16,7 +17,65 @@ import numpy as np
 
 from ml import fusion, metrics
 from ml.config import Config
-from ml.train import OOF_FILE, load_oof
+from ml.fusion import aggregate
+
+OOF_FILE = "oof.npz"
+
+
+def save_oof(
+    path: Path,
+    *,
+    paths: list[str],
+    y_true: np.ndarray,
+    window_scores: np.ndarray,
+    owner: np.ndarray,
+    labels: list[str],
+) -> Path:
+    """Write out-of-fold predictions: per-window scores with their clip, and the clips' true labels."""
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez_compressed(
+        tmp,
+        paths=np.array(paths),
+        y_true=y_true.astype(np.float32),
+        window_scores=window_scores,
+        owner=owner.astype(np.int64),
+        labels=np.array(labels),
+    )
+    tmp.replace(path)
+    return path
+
+
+@dataclass
+class OOF:
+    """Out-of-fold predictions of one member over all folds (clip order sorted by path)."""
+
+    paths: list[str]
+    y_true: np.ndarray  # (N, C)
+    windows: list[np.ndarray]  # N × (W_i, C)
+    labels: list[str]
+
+    def aggregated(self, method: str) -> np.ndarray:
+        """(N, C) clip scores with aggregation ``method``."""
+        return np.stack([aggregate(w, method) for w in self.windows])
+
+
+def load_oof(files: list[Path]) -> OOF:
+    """Merge the per-fold OOF files of one member into one clip-ordered set."""
+    rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    labels: list[str] | None = None
+    for f in files:
+        z = np.load(f, allow_pickle=False)
+        lab = [str(x) for x in z["labels"]]
+        if labels is not None and lab != labels:
+            raise ValueError(f"{f}: labels {lab} differ from {labels}")
+        labels = lab
+        owner, ws = z["owner"], z["window_scores"]
+        for j, p in enumerate(z["paths"]):
+            rows[str(p)] = (z["y_true"][j], ws[owner == j])
+    if labels is None:
+        raise ValueError("no out-of-fold files given")
+    paths = sorted(rows)
+    return OOF(paths, np.stack([rows[p][0] for p in paths]), [rows[p][1] for p in paths], labels)
 
 
 @dataclass

@@ -89,7 +89,7 @@ def cmd_folds(args: argparse.Namespace) -> int:
     from ml.data.folds import assign_folds, write_folds
     from ml.data.irmas import build_manifest
     from ml.data.manifest import Manifest
-    from ml.train import library_folds
+    from ml.train_data import library_folds
 
     cfg = _cfg(args)
     root = Path(args.data) if args.data else cfg.data.root

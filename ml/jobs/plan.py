@@ -76,7 +76,7 @@ def prebuild_caches(cfg: Config, members: Sequence[str]) -> dict[int, float]:
     Returns:
         Seconds spent per sample rate.
     """
-    from ml.train import load_train_data
+    from ml.train_data import load_train_data
 
     took = {}
     for sr in sorted({member_sample_rate(cfg, m) for m in members}):

@@ -89,7 +89,8 @@ def fit_fold(
     """
     import torch
 
-    from ml.train import fit, load_train_data
+    from ml.train import fit
+    from ml.train_data import load_train_data
 
     tc = cfg.member_train(member)
     if tc.torch_threads is None:

@@ -9,7 +9,7 @@ import pytest
 
 from ml.config import load_config
 from ml.ensemble import EnsembleSpec, load_spec
-from ml.train import save_oof
+from ml.oof import save_oof
 
 ROOT = Path(__file__).resolve().parents[2]
 MEMBERS = ("res_genre", "res_bpm")

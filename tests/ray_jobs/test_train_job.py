@@ -77,7 +77,8 @@ def _fold_runs(cfg: Config, parent: str | None = None) -> list[Any]:
 def test_smoke_training_outputs(smoke_training: tuple[Config, dict[str, Any], float]) -> None:
     from ml.checkpoint import read_checkpoint
     from ml.inference import member_dirs
-    from ml.train import MIX_PREFIX, load_oof
+    from ml.oof import load_oof
+    from ml.train_data import MIX_PREFIX
 
     cfg, summary, wall = smoke_training
     print(
