@@ -19,11 +19,9 @@ import torch
 from ml.config import Config
 from ml.data.activity import HOP_S as ACTIVITY_HOP_S
 from ml.data.cache import ClipStore, build_store
-from ml.data.irmas import build_manifest
+from ml.data.irmas import GENRES, build_manifest
 from ml.data.manifest import ClipRecord, Manifest
 from ml.inference import frame_windows, window_starts
-
-GENRES = ("cou_fol", "cla", "pop_roc", "lat_sou", "jaz_blu")
 
 
 @dataclass

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from ml import tracking
+from ml.checkpoint import MODEL_FILE
 from ml.config import Config
+from ml.oof import OOF_FILE
 
 RESULT_FILE = "result.json"
-MODEL_FILE = "model.pt"
-OOF_FILE = "oof.npz"
 
 
 class RunsDirConflictError(RuntimeError):
