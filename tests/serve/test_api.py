@@ -6,6 +6,7 @@ import asyncio
 import csv
 import io
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -29,7 +30,7 @@ from ml.service import (
     parse_weights,
     validate_weights,
 )
-from serve.api import create_api
+from serve.api import STATIC_DIR, create_api
 
 MULTI = "/analyze_files/multi_model"
 SINGLE = "/analyze_files/single_model"
@@ -533,6 +534,19 @@ def test_page_and_static(
     # the project's own page (serve/static) or, before it exists, a placeholder
     r = local_client.get("/")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    # the page is native ES modules: each must come back as JavaScript, or the browser refuses to run it
+    entry = re.search(r'<script type="module" src="(/static/js/main\.js)"></script>', r.text)
+    assert entry is not None
+    js_dir = STATIC_DIR / "js"
+    modules = sorted(js_dir.glob("*.js"))
+    assert modules and {m.name for m in modules} >= {"main.js", "dom.js", "fusion.js"}
+    for m in modules:
+        r = local_client.get(f"/static/js/{m.name}")
+        assert r.status_code == 200 and r.text == m.read_text(), m.name
+        mime = r.headers["content-type"].split(";")[0]
+        assert mime in {"text/javascript", "application/javascript"}, m.name
+        for dep in re.findall(r'^import \{[^}]*\} from "\./([\w-]+\.js)";$', r.text, re.M):
+            assert (js_dir / dep).is_file(), f"{m.name} imports a missing {dep}"
     missing = client_for(create_api(api_cfg, local_backend, static_dir=tmp_path / "nope"))
     assert missing.get("/").status_code == 200 and missing.get("/static/app.js").status_code == 404
 
