@@ -72,7 +72,12 @@ def test_requests_show_up_in_prometheus_metrics(serve_url: str, serve_cfg: Confi
         "batches": lambda t: (
             total(t, "ray_mpic_member_batch_seconds_count", member="res_bpm", device="cpu") >= 1
         ),
-        "in flight": lambda t: bool(samples(t, "ray_mpic_requests_in_flight")),
+        # the gauge is exported every few seconds: a scrape may show a value from while requests ran, so
+        # wait until the export shows every request finished (nothing left in progress)
+        "in flight back to 0": lambda t: (
+            bool(samples(t, "ray_mpic_requests_in_flight"))
+            and total(t, "ray_mpic_requests_in_flight") == pytest.approx(0.0)
+        ),
     }
     deadline = time.monotonic() + EXPORT_WAIT_S
     missing = list(wanted)
@@ -90,4 +95,3 @@ def test_requests_show_up_in_prometheus_metrics(serve_url: str, serve_cfg: Confi
     assert labels.get("application") and labels.get("deployment", "").startswith("member")
     (labels, _), *_ = samples(text, "ray_mpic_audio_seconds_total")
     assert labels.get("deployment") == "ingress"
-    assert total(text, "ray_mpic_requests_in_flight") == pytest.approx(0.0)  # nothing left in progress
