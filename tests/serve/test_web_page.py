@@ -562,6 +562,8 @@ def server_answer(url: str, paths: list[Path], weights: dict[str, float], **data
 
 
 def shown_view(page: Page) -> dict[str, Any]:
+    """The page's current view, after the re-weighing a moved control schedules for the next frame."""
+    page.evaluate("new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
     return dict(page.evaluate("JSON.parse(JSON.stringify(window.mpic.state.view))"))
 
 
