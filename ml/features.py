@@ -167,21 +167,15 @@ class FrontEnd(nn.Module):
         with fp32:
             x = rms_normalise(wave.float())
             chunk = self.cpu_chunk(x.shape[-1]) if x.device.type == "cpu" else 0
-            if self.norm == "pcen":
-                power = cast(MelFrontEnd, self).power  # the config allows pcen for mel front ends only
-                if 0 < chunk < x.shape[0]:
-                    spec = torch.cat([pcen(power(part)) for part in x.split(chunk)])
-                else:
-                    spec = pcen(power(x))
-                if self.training:
-                    spec = self._mask(spec, generator)
-                return spec.unsqueeze(1)
+            # PCEN replaces the dB scale (mel only: the config allows it for mel front ends alone)
+            spectrum = (lambda w: pcen(cast(MelFrontEnd, self).power(w))) if self.norm == "pcen" else self.db
             if 0 < chunk < x.shape[0]:
-                spec = torch.cat([self.db(part) for part in x.split(chunk)])
+                spec = torch.cat([spectrum(part) for part in x.split(chunk)])
             else:
-                spec = self.db(x)
-            peak = spec.amax(dim=(1, 2), keepdim=True)
-            spec = torch.maximum(spec, peak - self.top_db)
+                spec = spectrum(x)
+            if self.norm != "pcen":  # dB scales: clip at top_db below each example's maximum
+                peak = spec.amax(dim=(1, 2), keepdim=True)
+                spec = torch.maximum(spec, peak - self.top_db)
             if self.norm == "max":
                 spec = (spec - peak) / self.top_db
             elif self.norm == "instance":
