@@ -128,9 +128,10 @@ def resample(wave: np.ndarray, orig_rate: int, new_rate: int) -> np.ndarray:
 def resample_tensor(wave: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
     """:func:`resample` of a float32 tensor ``(..., S)`` on its own device (CPU or GPU).
 
-    The same numbers as :func:`resample` (torchaudio's windowed-sinc kernel, computed in float32 exactly as
-    ``torchaudio.functional.resample`` does), but the kernel is built once per rate pair and device and
-    reused: building it costs more than applying it to a 10-s song (bench/inference.py).
+    The same numbers as ``torchaudio.functional.resample`` (its windowed-sinc kernel, built in float32 as it
+    builds it), but the kernel is built once per rate pair and device and reused (building it costs more
+    than applying it to a 10-s song), and integer decimations run as a polyphase convolution
+    (:class:`_Resampler`), 3× cheaper on long songs.
     """
     if orig_rate == new_rate:
         return wave
@@ -138,10 +139,46 @@ def resample_tensor(wave: torch.Tensor, orig_rate: int, new_rate: int) -> torch.
     return _resampler(orig, new, str(wave.device))(wave)
 
 
+# A kernel spanning at least this many input blocks of ``orig`` samples runs polyphase (see _Resampler).
+POLYPHASE_MIN_BLOCKS = 4
+
+
+class _Resampler(tat.Resample):
+    """torchaudio's resampler with a polyphase path for kernels much longer than their stride.
+
+    torchaudio convolves the padded wave with its ``(new, 1, K)`` kernel at stride ``orig``. When ``orig`` is
+    small (2 for 44.1 → 22.05 kHz, 3 for 48 → 16 kHz; K = 28 and 41 taps) that strided single-channel
+    convolution is slow on the CPU for long inputs (0.9 ms of CPU per audio-second of a 60-s 44.1-kHz song
+    against 0.28 for a 10-s one, one thread; bench/findings.md). The same sums run as a stride-1 convolution
+    over the wave folded into ``orig`` phases: ``(N, orig, S / orig)`` with the kernel folded into
+    ``(new, orig, ⌈K / orig⌉)`` blocks (zero taps pad the last block) — 0.25 ms at any length, and the same
+    products and outputs (tests/ml/test_audio.py compares with torchaudio).
+    """
+
+    def forward(self, waveform: torch.Tensor) -> torch.Tensor:
+        """Resample ``(..., S)`` → ``(..., ⌈S · new / orig⌉)``."""
+        orig, new = self.orig_freq // self.gcd, self.new_freq // self.gcd
+        kernel = self.kernel  # (new, 1, K)
+        taps = kernel.shape[-1]
+        blocks = -(-taps // orig)
+        if blocks < POLYPHASE_MIN_BLOCKS:
+            return super().forward(waveform)
+        shape, length = waveform.shape, waveform.shape[-1]
+        x = waveform.reshape(-1, length)
+        frames = -(-length // orig) + 1  # output frames torchaudio computes (then trims to the target)
+        padded = torch.nn.functional.pad(x, (self.width, (frames + blocks - 1) * orig - length - self.width))
+        phases = padded.reshape(x.shape[0], -1, orig).transpose(1, 2)  # (N, orig, frames + blocks - 1)
+        folded = torch.nn.functional.pad(kernel[:, 0], (0, blocks * orig - taps))
+        folded = folded.reshape(new, blocks, orig).transpose(1, 2)  # (new, orig, blocks)
+        y = torch.nn.functional.conv1d(phases, folded).transpose(1, 2).reshape(x.shape[0], -1)
+        target = math.ceil(new * length / orig)
+        return y[..., :target].reshape((*shape[:-1], target))
+
+
 @functools.lru_cache(maxsize=64)
 def _resampler(orig: int, new: int, device: str) -> torch.nn.Module:
     # dtype=float32: the kernel torchaudio.functional.resample builds for float32 waves (bit-identical)
-    return tat.Resample(orig, new, dtype=torch.float32).to(device)
+    return _Resampler(orig, new, dtype=torch.float32).to(device)
 
 
 MAX_RESAMPLE_KERNEL = 1 << 22  # elements (16 MB of float32)

@@ -134,3 +134,32 @@ def test_float_wav_over_full_scale_is_clipped():
 def test_resample_identity_and_length():
     w = tone(100, 1.0, 44100)
     assert resample(w, 44100, 44100) is not None and len(resample(w, 44100, 16000)) == 16000
+
+
+@pytest.mark.parametrize(
+    ("orig", "new", "polyphase"),
+    [
+        (44100, 22050, True),
+        (48000, 16000, True),
+        (32000, 16000, True),
+        (44100, 16000, False),
+        (16000, 44100, False),
+    ],
+)
+@pytest.mark.parametrize("length", [1, 2, 3, 4411, 44100 * 3 + 7])
+def test_resample_tensor_matches_torchaudio(orig, new, polyphase, length):
+    """Both paths of the cached resampler give torchaudio's numbers (polyphase only re-orders sums)."""
+    import torch
+    import torchaudio.functional as taf
+
+    from ml.audio import POLYPHASE_MIN_BLOCKS, _resampler, resample_tensor
+
+    g = math.gcd(orig, new)
+    module = _resampler(orig // g, new // g, "cpu")
+    assert (-(-module.kernel.shape[-1] // (orig // g)) >= POLYPHASE_MIN_BLOCKS) == polyphase
+    wave = torch.from_numpy(np.random.default_rng(length).standard_normal((2, length)).astype(np.float32))
+    want = taf.resample(wave, orig, new)
+    got = resample_tensor(wave, orig, new)
+    assert got.shape == want.shape == (2, math.ceil(length * new / orig))
+    assert torch.allclose(got, want, atol=1e-6, rtol=0)
+    assert torch.allclose(resample_tensor(wave[0], orig, new), got[0], atol=1e-6, rtol=0)  # 1-D input
