@@ -542,6 +542,7 @@ KNOWN_ERRORS = (
     ("ml.evaluate", "EvaluationDataError"),
     ("ml.data.irmas", "IrmasLayoutError"),
     ("ml.data.manifest", "ManifestError"),
+    ("ml.data.libraries", "UnknownLibraryError"),
     ("ml.checkpoint", "CheckpointError"),
     ("ml.registry", "UnknownNameError"),
     ("ml.lolo", "LoloError"),

@@ -126,6 +126,10 @@ LIBRARIES: Mapping[str, SampleLibrary] = MappingProxyType(
 ALIASES: Mapping[str, str] = MappingProxyType({"fluidr3": "fluidr3_gm"})  # the pre-registry config name
 
 
+class UnknownLibraryError(ValueError):
+    """A sample library name that is not registered; the message lists the valid names."""
+
+
 def library_names() -> list[str]:
     """Registered library names, in registry order."""
     return list(LIBRARIES)
@@ -141,13 +145,13 @@ def get_library(name: str) -> SampleLibrary:
         The library.
 
     Raises:
-        ValueError: For an unknown name; the message lists the valid names.
+        UnknownLibraryError: For an unknown name; the message lists the valid names.
     """
     key = str(name).strip().lower()
     key = ALIASES.get(key, key)
     lib = LIBRARIES.get(key)
     if lib is None:
-        raise ValueError(f"unknown sample library {name!r}; valid names: {', '.join(LIBRARIES)}")
+        raise UnknownLibraryError(f"unknown sample library {name!r}; valid names: {', '.join(LIBRARIES)}")
     return lib
 
 
@@ -206,6 +210,7 @@ def installed_libraries() -> list[str]:
 __all__ = [
     "LIBRARIES",
     "SampleLibrary",
+    "UnknownLibraryError",
     "get_library",
     "installed_libraries",
     "library_family",

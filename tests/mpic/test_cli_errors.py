@@ -82,6 +82,10 @@ MISTAKES: list[tuple[list[str], list[str]]] = [
     (["serve", "--detach"], ["mpic serve: --detach needs a running Ray cluster", "ray.address=auto"]),
     (["synth", "--out", "{tmp}/has-data"], ["already holds a data set", "--overwrite", "--out ANOTHER_DIR"]),
     (
+        ["synth", "--out", "{tmp}/new-data", "--set", "synth.libraries=[timgm6mb, freepats]"],
+        ["mpic synth: unknown sample library 'freepats'; valid names: timgm6mb, fluidr3_gm"],
+    ),
+    (
         ["predict", "{tmp}/song.wav", "--set", "train.nope=1"],
         ["mpic predict: invalid configuration: train.nope: unknown key; valid keys: ['amp'"],
     ),
@@ -111,6 +115,7 @@ def test_mistake_gives_one_clear_line(args: list[str], words: list[str], base: P
     assert len(lines) == 1, err
     for w in words:
         assert w in lines[0], lines[0]
+    assert not (base / "new-data").exists()  # a refused command writes nothing
 
 
 def test_unknown_profile(base: Path, capsys: Any) -> None:
