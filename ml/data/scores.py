@@ -12,12 +12,14 @@ is not needed when the cache is warm (workers only read the JSON).
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import logging
 import math
+import multiprocessing
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -294,7 +296,18 @@ def _parse_piece(path: Path, name: str) -> ScorePiece | None:
     return ScorePiece(name, beats_per_bar, parts, key_name)
 
 
-def load_pieces(collections: Sequence[str], max_pieces: int, cache_dir: Path | str) -> list[ScorePiece]:
+def _try_parse(item: tuple[Path, str]) -> ScorePiece | None:
+    path, name = item
+    try:
+        return _parse_piece(path, name)
+    except Exception as exc:  # music21 raises many types on odd files: skip them
+        log.debug("cannot parse %s: %s", name, exc)
+        return None
+
+
+def load_pieces(
+    collections: Sequence[str], max_pieces: int, cache_dir: Path | str, workers: int = 1
+) -> list[ScorePiece]:
     """Parse the selected corpus pieces once; later calls read the cache.
 
     The cache is one JSON file under ``cache_dir`` (:func:`cache_path`); a file that does not read back
@@ -305,6 +318,8 @@ def load_pieces(collections: Sequence[str], max_pieces: int, cache_dir: Path | s
         collections: Corpus collections, in the order their pieces are listed.
         max_pieces: Pieces per collection (see :func:`collection_paths`).
         cache_dir: Folder of the cache file (created).
+        workers: Processes that parse (a long quartet movement takes a minute or more to parse; a
+            chorale a fifth of a second). The result does not depend on it.
 
     Returns:
         The pieces, collection by collection, in :func:`collection_paths` order.
@@ -323,20 +338,21 @@ def load_pieces(collections: Sequence[str], max_pieces: int, cache_dir: Path | s
         except (ValueError, TypeError, KeyError, OSError) as exc:
             log.warning("re-parsing the score corpus: unusable cache %s (%s)", path, exc)
     corpus_dir = _corpus_dir()
-    pieces: list[ScorePiece] = []
-    skipped = 0
-    for collection in collections:
-        for p in collection_paths(collection, max_pieces):
-            name = p.relative_to(corpus_dir).as_posix()
-            try:
-                piece = _parse_piece(p, name)
-            except Exception as exc:  # music21 raises many types on odd files: skip them
-                log.debug("cannot parse %s: %s", name, exc)
-                piece = None
-            if piece is None:
-                skipped += 1
-            else:
-                pieces.append(piece)
+    items = [
+        (p, p.relative_to(corpus_dir).as_posix())
+        for c in collections
+        for p in collection_paths(c, max_pieces)
+    ]
+    log.info("parsing %d scores of %s (once; cached in %s)", len(items), ", ".join(collections), path)
+    if workers > 1 and len(items) > 1:
+        # spawn: safe when the caller has threads; map keeps the order, so the pieces do not depend on it
+        ctx = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(max_workers=min(workers, len(items)), mp_context=ctx) as pool:
+            parsed = list(pool.map(_try_parse, items))
+    else:
+        parsed = [_try_parse(x) for x in items]
+    pieces = [p for p in parsed if p is not None]
+    skipped = len(parsed) - len(pieces)
     if skipped:
         log.warning(
             "score corpus: skipped %d of %d files (unparsable or < 2 parts)", skipped, skipped + len(pieces)

@@ -257,7 +257,8 @@ def synthesize(
     )
     mix_base, test_base = base, base
     if scores is not None and (scores.test_share * test_excerpts or scores.mix_share * train_mixes):
-        if not score_corpus.load_pieces(scores.collections, scores.max_pieces, scores.cache_dir):
+        parsers = workers if workers is not None else (os.cpu_count() or 1)
+        if not score_corpus.load_pieces(scores.collections, scores.max_pieces, scores.cache_dir, parsers):
             raise SynthError(f"no usable piece in the score collections {list(scores.collections)}")
         cache = str(score_corpus.cache_path(scores.collections, scores.max_pieces, scores.cache_dir))
         mix_base = replace(base, score_share=scores.mix_share, score_cache=cache, score_tempo=scores.tempo)

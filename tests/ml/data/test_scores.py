@@ -88,6 +88,10 @@ def test_unusable_cache_is_parsed_again(
     assert scores.read_cache(path, ["bach"], MAX_PIECES) == pieces  # rewritten
 
 
+def test_parallel_parse_gives_the_same_pieces(pieces: list[ScorePiece], tmp_path: Path) -> None:
+    assert load_pieces(["bach"], MAX_PIECES, tmp_path, workers=2) == pieces
+
+
 def test_cache_of_another_selection_is_not_trusted(pieces: list[ScorePiece], cache_dir: Path) -> None:
     with pytest.raises(ValueError, match="another selection"):
         scores.read_cache(cache_path(["bach"], MAX_PIECES, cache_dir), ["bach"], MAX_PIECES + 1)
