@@ -74,6 +74,16 @@ class ScorePiece:
         """Length in quarter-note beats: the end of the last note."""
         return max((s + d for part in self.parts for s, d, _, _ in part), default=0.0)
 
+    @property
+    def pulse(self) -> float:
+        """The felt beat in quarter notes: 2 (a half note) when most notes are half notes or longer.
+
+        Renaissance polyphony (Palestrina, Monteverdi's madrigals) is transcribed in half and whole
+        notes with the half note as the beat; counting quarters there would make it twice too slow.
+        """
+        durations = sorted(d for part in self.parts for _, d, _, _ in part)
+        return 2.0 if durations and durations[len(durations) // 2] >= 2.0 else 1.0
+
 
 @dataclass(frozen=True)
 class ScoreExcerpt:
@@ -112,7 +122,8 @@ class ScoreOptions:
         mix_share: Share of multi-instrument training mixes composed from a corpus piece (0..1).
         collections: music21 corpus collections (composer folders), see :func:`collection_names`.
         max_pieces: Pieces taken per collection (spread over it, see :func:`collection_paths`).
-        tempo: Range of drawn tempi in quarter notes per minute.
+        tempo: Range of drawn tempi in beats per minute (the beat is a quarter, or a half note in
+            pieces written mostly in half notes, see :attr:`ScorePiece.pulse`).
         cache_dir: Folder of the parsed-pieces cache.
     """
 
@@ -374,10 +385,11 @@ def draw_excerpt(
 ) -> tuple[ScoreExcerpt, list[list[Note]]]:
     """Cut ``seconds`` of ``piece`` at a drawn tempo.
 
-    The tempo is drawn uniformly in ``tempo_range`` (quarter notes per minute, 0.1 resolution) and the
-    start on a whole beat so the window fits. A piece shorter than the window is looped (repeated from
-    its first bar after its last, whole bars) rather than skipped, so every piece can serve every length.
-    Notes sounding across a window edge are cut at it.
+    The tempo is drawn uniformly in ``tempo_range`` (beats per minute, 0.1 resolution; the beat is the
+    piece's :attr:`~ScorePiece.pulse`, so the excerpt's quarter-note tempo is twice the drawn one in
+    half-note music) and the start on a whole quarter so the window fits. A piece shorter than the
+    window is looped (repeated from its first bar after its last, whole bars) rather than skipped, so
+    every piece can serve every length. Notes sounding across a window edge are cut at it.
 
     Args:
         rng: The item's generator.
@@ -389,7 +401,7 @@ def draw_excerpt(
         The excerpt (piece, start beat, tempo) and, per part of the piece, its notes in the window with
         beats counted from the window's start (a part may be empty).
     """
-    tempo = float(np.round(rng.uniform(*tempo_range), 1))
+    tempo = float(np.round(rng.uniform(*tempo_range), 1)) * piece.pulse
     need = seconds * tempo / 60.0
     length = piece.beats
     if length < need:

@@ -128,11 +128,20 @@ def test_excerpt_is_deterministic_and_inside_the_window(pieces: list[ScorePiece]
 
 
 def test_short_piece_loops() -> None:
-    piece = ScorePiece("x/y", 4, (((0.0, 4.0, 60, 80),), ((0.0, 2.0, 48, 80), (2.0, 2.0, 50, 80))))
+    alternating = tuple((float(b), 1.0, 48 + 2 * (b % 2), 80) for b in range(4))
+    piece = ScorePiece("x/y", 4, (((0.0, 4.0, 60, 80),), alternating))
     excerpt, parts = draw_excerpt(np.random.default_rng(0), piece, 10.0, (60.0, 60.0))  # 10 beats > 4
     assert 0 <= excerpt.start_beat <= 16 - 10  # within four repeats of the one-bar piece
     assert sum(d for _, d, _, _ in parts[0]) == pytest.approx(10.0)  # the one-bar note every bar
     assert [p for _, _, p, _ in parts[1]][:3] in ([48, 50, 48], [50, 48, 50])
+
+
+def test_half_note_music_is_counted_in_half_notes(pieces: list[ScorePiece]) -> None:
+    assert {p.pulse for p in pieces} == {1.0}  # chorales: quarter-note beat
+    slow = ScorePiece("x/y", 4, tuple(tuple((2.0 * i, 2.0, 60 + k, 80) for i in range(8)) for k in (0, 7)))
+    assert slow.pulse == 2.0
+    excerpt, _ = draw_excerpt(np.random.default_rng(0), slow, 4.0, (60.0, 120.0))
+    assert 120 <= excerpt.tempo <= 240  # quarters per minute; the half-note beat is in the range
 
 
 def test_assigned_labels_are_distinct_and_in_range(pieces: list[ScorePiece]) -> None:
