@@ -59,7 +59,6 @@ class ScoresConfig(_Strict):
         "bach",
         "palestrina",
         "monteverdi",
-        "beethoven",
         "mozart",
         "haydn",
     ]
