@@ -129,7 +129,7 @@ class ScoreOptions:
 
     test_share: float = 0.0
     mix_share: float = 0.0
-    collections: tuple[str, ...] = ("bach", "palestrina", "monteverdi", "beethoven", "mozart", "haydn")
+    collections: tuple[str, ...] = ("bach", "palestrina", "monteverdi", "mozart", "haydn")
     max_pieces: int = 60
     tempo: tuple[float, float] = (60.0, 120.0)
     cache_dir: Path = Path(".cache/mpic/scores")
