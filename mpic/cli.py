@@ -543,6 +543,7 @@ KNOWN_ERRORS = (
     ("ml.data.irmas", "IrmasLayoutError"),
     ("ml.data.manifest", "ManifestError"),
     ("ml.data.libraries", "UnknownLibraryError"),
+    ("ml.data.scores", "UnknownCollectionError"),
     ("ml.checkpoint", "CheckpointError"),
     ("ml.registry", "UnknownNameError"),
     ("ml.lolo", "LoloError"),

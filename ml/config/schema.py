@@ -49,6 +49,30 @@ class DataConfig(_Strict):
     test_root: Path | None = None
 
 
+class ScoresConfig(_Strict):
+    """Multi-instrument items composed from public-domain scores of the music21 corpus (ml.data.scores)."""
+
+    test_share: Annotated[float, Field(ge=0, le=1)] = 0.0  # of the test excerpts
+    mix_share: Annotated[float, Field(ge=0, le=1)] = 0.0  # of the training mixes
+    # names are checked against the installed corpus when the synthesiser runs (no music21 lookup here)
+    collections: Annotated[list[str], Field(min_length=1)] = [
+        "bach",
+        "palestrina",
+        "monteverdi",
+        "mozart",
+        "haydn",
+    ]
+    max_pieces: Annotated[int, Field(ge=1)] = 60  # per collection
+    tempo: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (60.0, 120.0)
+
+    @field_validator("tempo")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[0] > value[1]:
+            raise ValueError(f"tempo must be [lowest, highest], got {list(value)}")
+        return value
+
+
 class SynthConfig(_Strict):
     """Synthetic IRMAS-style data set rendered with several sample libraries (``ml.data.libraries``)."""
 
@@ -61,6 +85,7 @@ class SynthConfig(_Strict):
     clips_per_recording: Annotated[int, Field(ge=1)] = 3
     workers: Annotated[int, Field(ge=1)] | None = None
     programs: dict[str, list[Annotated[int, Field(ge=0, le=127)]]] = {}
+    scores: ScoresConfig = ScoresConfig()
 
     @property
     def soundfonts(self) -> list[str]:

@@ -86,6 +86,10 @@ MISTAKES: list[tuple[list[str], list[str]]] = [
         ["mpic synth: unknown sample library 'freepats'; valid names: timgm6mb, fluidr3_gm"],
     ),
     (
+        ["synth", "--out", "{tmp}/new-data", "--set", "synth.scores.collections=[bach, nope]"],
+        ["mpic synth: unknown score collection 'nope'; valid names: ", "bach", "palestrina"],
+    ),
+    (
         ["predict", "{tmp}/song.wav", "--set", "train.nope=1"],
         ["mpic predict: invalid configuration: train.nope: unknown key; valid keys: ['amp'"],
     ),

@@ -42,6 +42,11 @@ class _Job:
     prefix: int = 0  # training: per-label recording number
     recording: int = 0  # training: global recording id
     name: str = ""  # test: file name stem; mixes: the recording's name stem
+    # test and mixes: the share composed from a corpus piece, the parsed-pieces cache file the worker reads
+    # (ml.data.scores; not the pieces themselves, which would be pickled into every job) and the tempo range
+    score_share: float = 0.0
+    score_cache: str = ""
+    score_tempo: tuple[float, float] = (60.0, 120.0)
 
 
 def _r(x: float, nd: int = 3) -> float:

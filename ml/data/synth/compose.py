@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pretty_midi
@@ -18,6 +18,12 @@ import pretty_midi
 from ml.data.synth.styles import _NOTE_NAMES, _QUALITIES, _SCALES, _STYLES
 
 Note = tuple[float, float, int, int]  # (start beat, duration in beats, MIDI pitch, velocity)
+
+
+class _Clock(Protocol):
+    """What turns beat-time notes into seconds: a drawn :class:`_Song` or a corpus excerpt."""
+
+    def seconds(self, beat: float) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -354,7 +360,7 @@ def _drums(rng: np.random.Generator, song: _Song, style: str, velocity: int) -> 
 
 def _instrument(
     rng: np.random.Generator,
-    song: _Song,
+    song: _Clock,
     notes: Sequence[Note],
     program: int,
     *,

@@ -19,10 +19,22 @@ from typing import Any
 
 from tqdm import tqdm
 
+# a module import: ml.data.scores imports this package's tables, so names are looked up at call time
+import ml.data.scores as score_corpus
 from ml.data.activity import HOP_S
 from ml.data.irmas import MIX_DIR, TRAIN_DIR
 from ml.data.libraries import get_library, resolve_library
-from ml.data.synth.base import META_NAME, MIN_STEM_DBFS, MIX, STEMS_DIR, TEST, TEST_DIR, TRAIN, _Job
+from ml.data.synth.base import (
+    META_NAME,
+    MIN_STEM_DBFS,
+    MIX,
+    STEMS_DIR,
+    TEST,
+    TEST_DIR,
+    TRAIN,
+    SynthError,
+    _Job,
+)
 from ml.data.synth.items import _pool_job, _run_job
 from ml.data.synth.render import _library_of, _Renderer
 from ml.data.synth.styles import resolve_programs
@@ -146,6 +158,7 @@ def synthesize(
     progress: bool = True,
     overwrite: bool = False,
     save_stems: bool = False,
+    scores: score_corpus.ScoreOptions | None = None,
 ) -> SynthReport:
     """Render a synthetic data set in the IRMAS layout, from several sample libraries.
 
@@ -177,12 +190,16 @@ def synthesize(
         overwrite: Replace an earlier synthetic data set in ``out_dir`` (only the folders this function
             writes are removed); otherwise an existing one raises ``FileExistsError``.
         save_stems: Also write each mixing bus per file under ``_stems/`` (float WAV), for checks.
+        scores: Which test excerpts and training mixes are composed from music21 corpus pieces instead
+            of generated songs (:mod:`ml.data.scores`); None: none. The pieces are parsed (or read from
+            their cache) here, before any worker starts.
 
     Returns:
         Counts and wall-clock seconds.
 
     Raises:
-        ValueError: On bad arguments (unknown label programs or library, counts, sample rate).
+        ValueError: On bad arguments (unknown label programs, library or score collection, counts,
+            sample rate, shares).
         FileExistsError: If ``out_dir`` holds a data set and ``overwrite`` is False.
         FileNotFoundError: If a sample library is not installed (the message names its Debian package).
         SynthError: If rendering fails or an item stays inaudible after :data:`MAX_ATTEMPTS` draws.
@@ -208,6 +225,12 @@ def synthesize(
         raise ValueError(f"libraries must be unique, got {names}")
     for name in names:
         resolve_library(name)
+    if scores is not None:
+        if not (0 <= scores.test_share <= 1 and 0 <= scores.mix_share <= 1):
+            raise ValueError(f"score shares must be in [0, 1], got {scores.test_share}, {scores.mix_share}")
+        if not 0 < scores.tempo[0] <= scores.tempo[1]:
+            raise ValueError(f"score tempo must be 0 < lowest <= highest, got {list(scores.tempo)}")
+        score_corpus.check_collections(scores.collections)  # before anything is written
 
     out = Path(out_dir)
     ours = [out / TRAIN_DIR, out / MIX_DIR, out / TEST_DIR, out / META_NAME, out / STEMS_DIR]
@@ -232,6 +255,14 @@ def synthesize(
         labels=tuple(labels),
         save_stems=save_stems,
     )
+    mix_base, test_base = base, base
+    if scores is not None and (scores.test_share * test_excerpts or scores.mix_share * train_mixes):
+        parsers = workers if workers is not None else (os.cpu_count() or 1)
+        if not score_corpus.load_pieces(scores.collections, scores.max_pieces, scores.cache_dir, parsers):
+            raise SynthError(f"no usable piece in the score collections {list(scores.collections)}")
+        cache = str(score_corpus.cache_path(scores.collections, scores.max_pieces, scores.cache_dir))
+        mix_base = replace(base, score_share=scores.mix_share, score_cache=cache, score_tempo=scores.tempo)
+        test_base = replace(mix_base, score_share=scores.test_share)
     jobs: list[_Job] = []
     per_label: dict[str, int] = {}
     for i, (code, lib, n_clips) in enumerate(plan_train(labels, train_clips, clips_per_recording, names)):
@@ -249,12 +280,16 @@ def synthesize(
         )
     for i, (lib, n_clips) in enumerate(plan_mixes(train_mixes, clips_per_recording, names)):
         jobs.append(
-            replace(base, kind=MIX, index=i, library=lib, n_clips=n_clips, name=f"mix_{lib}_{i + 1:04d}")
+            replace(mix_base, kind=MIX, index=i, library=lib, n_clips=n_clips, name=f"mix_{lib}_{i + 1:04d}")
         )
     for li, lib in enumerate(names):
         jobs += [
             replace(
-                base, kind=TEST, index=li * test_excerpts + j, library=lib, name=f"synth_{lib}_{j + 1:04d}"
+                test_base,
+                kind=TEST,
+                index=li * test_excerpts + j,
+                library=lib,
+                name=f"synth_{lib}_{j + 1:04d}",
             )
             for j in range(test_excerpts)
         ]
@@ -335,6 +370,7 @@ def _item_fields(item: Mapping[str, Any]) -> dict[str, Any]:
         "meter",
         "key",
         "room",
+        "composition",
         "parts",
         "attempts",
         "dropped",
@@ -360,5 +396,14 @@ def synthesize_config(cfg: Any, out_dir: Path | str, **overrides: Any) -> SynthR
         "sample_rate": s.sample_rate,
         "clips_per_recording": s.clips_per_recording,
         "workers": s.workers,
+        "scores": score_corpus.ScoreOptions(
+            test_share=s.scores.test_share,
+            mix_share=s.scores.mix_share,
+            collections=tuple(s.scores.collections),
+            max_pieces=s.scores.max_pieces,
+            tempo=s.scores.tempo,
+            cache_dir=Path(cfg.data.cache_dir)
+            / "scores",  # shared by profiles: the file name keys the selection
+        ),
     }
     return synthesize(out_dir, **(args | overrides))

@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import soundfile as sf
 
+# a module import: ml.data.scores imports this package's tables, so names are looked up at call time
+import ml.data.scores as scores
 from ml.data.activity import activity_record, clip_labels
 from ml.data.irmas import GENRES, MIX_DIR, TRAIN_DIR, format_train_name
 from ml.data.synth.base import (
@@ -71,14 +74,24 @@ def _train_genre(rng: np.random.Generator, code: str) -> str:
     return str(_wpick(rng, GENRES, [bias.get(g, 1.0) for g in GENRES]))
 
 
+def _composition(song: _Song | scores.ScoreExcerpt) -> dict[str, Any]:
+    """Where the notes come from: a corpus piece (which, from where, how fast) or the song generator."""
+    return song.composition() if isinstance(song, scores.ScoreExcerpt) else {"source": "generated"}
+
+
 def _render_info(
-    job: _Job, song: _Song, room: _Room, finish: Mapping[str, Any], parts: Sequence[_Part]
+    job: _Job,
+    song: _Song | scores.ScoreExcerpt,
+    room: _Room,
+    finish: Mapping[str, Any],
+    parts: Sequence[_Part],
 ) -> dict[str, Any]:
     """The sidecar's ``render`` object: everything drawn for the item, so a clip can be explained."""
     return {
         "seed": job.seed,
         "item": [job.kind, job.index],
         "sample_rate": job.sample_rate,
+        "composition": _composition(song),
         "genre": song.genre,
         "tempo": song.tempo,
         "meter": song.beats_per_bar,
@@ -225,7 +238,7 @@ class _Multi:
     mix: np.ndarray
     levels: dict[str, float]
     dropped: dict[str, str]
-    song: _Song
+    song: _Song | scores.ScoreExcerpt
     room: _Room
     finish: dict[str, Any]
     drums: bool
@@ -240,9 +253,13 @@ def _compose_multi(
 ) -> _Multi:
     """Compose, render and mix 1-4 labelled instruments plus unlabelled backing (one song, one library).
 
-    Labelled stems that end up inaudible in the mix (see :data:`MIN_STEM_DBFS`,
-    :data:`MAX_BELOW_LOUDEST_DB`) are removed from the mix, not only from the labels.
+    A share of the items (``job.score_share``, drawn from the item's generator) is an excerpt of a
+    corpus piece instead (:func:`_compose_score`). Labelled stems that end up inaudible in the mix (see
+    :data:`MIN_STEM_DBFS`, :data:`MAX_BELOW_LOUDEST_DB`) are removed from the mix, not only from the labels.
     """
+    # no draw at share 0, so data sets rendered before corpus items existed come out unchanged
+    if job.score_share > 0 and rng.random() < job.score_share:
+        return _compose_score(rng, renderer, job, seconds, counts)
     programs = dict(job.programs)
     sr = job.sample_rate
     n = round(seconds * sr)
@@ -312,6 +329,26 @@ def _compose_multi(
         want_chords=not has_comp and rng.random() < 0.5,
         want_bass=not has_bass and rng.random() < 0.8,
     )
+    return _mix_multi(rng, renderer, job, song, codes, parts, backing, drums, n)
+
+
+def _mix_multi(
+    rng: np.random.Generator,
+    renderer: _Renderer,
+    job: _Job,
+    song: _Song | scores.ScoreExcerpt,
+    codes: list[str],
+    parts: list[_Part],
+    backing: list[_Part],
+    drums: bool,
+    n: int,
+) -> _Multi:
+    """Render the parts of a multi-instrument item and mix them.
+
+    The backing goes under the labelled parts, then room and noise are added, and labelled stems that
+    stay inaudible are dropped.
+    """
+    sr = job.sample_rate
     buses = _render_parts(renderer, [*parts, *backing], n)
     present = [c for c in codes if c in buses]
     if "backing" in buses and present:
@@ -320,7 +357,7 @@ def _compose_multi(
         buses["backing"] = buses["backing"] * (
             ref * 10 ** (-margin_db / 20) / max(_rms(buses["backing"]), 1e-12)
         )
-    room = _draw_room(rng, genre, sr)
+    room = _draw_room(rng, song.genre, sr)
     dropped: dict[str, str] = {c: "rendered silent" for c in codes if c not in buses}
     noise_rng_state = rng.bit_generator.state  # the same noise draw for every re-mix below
     for _ in range(len(codes) + 1):
@@ -348,6 +385,62 @@ def _compose_multi(
     return _Multi(codes, [*parts, *backing], final, mix, levels, dropped, song, room, finish, drums)
 
 
+@lru_cache(maxsize=2)
+def _score_pieces(cache: str) -> list[scores.ScorePiece]:
+    """The parsed corpus pieces, read once per worker process (the parent wrote the cache)."""
+    return scores.read_cache(cache)
+
+
+def _compose_score(
+    rng: np.random.Generator,
+    renderer: _Renderer,
+    job: _Job,
+    seconds: float,
+    counts: tuple[tuple[int, ...], tuple[float, ...]],
+) -> _Multi:
+    """Like :func:`_compose_multi`, but the labelled parts are the voices of a corpus excerpt.
+
+    A drawn piece is cut at a drawn tempo (:func:`ml.data.scores.draw_excerpt`) and up to the drawn
+    number of its parts get labels whose range holds them (:func:`ml.data.scores.assign_labels`). They
+    are played, placed and mixed like generated parts; there is no unlabelled backing (the score's own
+    voices accompany) and no drums (the collections are classical and early music).
+    """
+    pieces = _score_pieces(job.score_cache)
+    piece = pieces[int(rng.integers(len(pieces)))]
+    excerpt, voices = scores.draw_excerpt(rng, piece, seconds, job.score_tempo)
+    n_inst = min(len(job.labels), int(_wpick(rng, *counts)))
+    programs = dict(job.programs)
+    assigned = scores.assign_labels(rng, voices, job.labels, n_inst, programs=programs)
+    if not assigned:
+        raise _Retry(f"{piece.name}: no label's range holds a part of the excerpt")
+    parts: list[_Part] = []
+    for i, (code, notes) in enumerate(assigned):
+        prog = _label_program(rng, renderer, job.library, programs[code])
+        # score velocities are flat: give each part its own dynamic and a little per-note variation
+        velocity = int(rng.integers(65, 112))
+        played = [(s, d, p, int(np.clip(velocity + rng.normal(0, 5), 20, 127))) for s, d, p, _ in notes]
+        sustained = _family(prog) not in _POLYPHONIC_FAMILIES
+        parts.append(
+            _make_part(
+                rng,
+                job,
+                excerpt,
+                played,
+                prog,
+                bus=code,
+                role="score_lead" if i == 0 else "score_part",
+                label=code,
+                name=code,
+                gain_db=0.0 if i == 0 else float(rng.uniform(-6, 0)),
+                pan=float(rng.uniform(-0.6, 0.6)),
+                detune_cents=float(rng.uniform(-12, 12)),
+                modulation=int(rng.integers(0, 50)) if sustained else 0,
+            )
+        )
+    codes = [c for c, _ in assigned]
+    return _mix_multi(rng, renderer, job, excerpt, codes, parts, [], False, round(seconds * job.sample_rate))
+
+
 def _multi_meta(kind: str, group: str, job: _Job, m: _Multi, files: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "kind": kind,
@@ -359,6 +452,7 @@ def _multi_meta(kind: str, group: str, job: _Job, m: _Multi, files: list[dict[st
         "meter": m.song.beats_per_bar,
         "key": m.song.key_name(),
         "room": m.room.info,
+        "composition": _composition(m.song),
         "parts": [_part_info(p) for p in m.parts],
         "dropped": m.dropped,
         "files": files,

@@ -18,6 +18,7 @@ from ml.data.synth.base import _Job, _r
 from ml.data.synth.compose import (
     Note,
     _bass,
+    _Clock,
     _comp,
     _drums,
     _instrument,
@@ -164,7 +165,7 @@ def _lead_notes(rng: np.random.Generator, song: _Song, code: str, program: int, 
 def _make_part(
     rng: np.random.Generator,
     job: _Job,
-    song: _Song,
+    song: _Clock,
     notes: Sequence[Note],
     program: int,
     *,
