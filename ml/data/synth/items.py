@@ -361,6 +361,8 @@ def _mix_multi(
     dropped: dict[str, str] = {c: "rendered silent" for c in codes if c not in buses}
     noise_rng_state = rng.bit_generator.state  # the same noise draw for every re-mix below
     for _ in range(len(codes) + 1):
+        if not any(c in buses for c in codes):  # every labelled part rendered silent or was dropped
+            raise _Retry("no labelled instrument audible")
         rng.bit_generator.state = noise_rng_state
         final, mix, finish = _finish(rng, buses, room, sr)
         final, mix = {k: _fade(v, sr) for k, v in final.items()}, _fade(mix, sr)  # no clicks at the cuts

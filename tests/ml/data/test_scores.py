@@ -259,3 +259,20 @@ def test_share_zero_keeps_generated_songs(tmp_path: Path, cache_dir: Path) -> No
     (f,) = json.loads((tmp_path / "synth_meta.json").read_text())["files"]
     assert f["composition"] == {"source": "generated"}
     assert not (tmp_path / "never").exists()  # nothing parsed when no item can use a piece
+
+
+def test_item_whose_labelled_parts_all_render_silent_is_drawn_again() -> None:
+    """No audible labelled part (e.g. an excerpt of rests) → a redraw, never a crash in the mixer."""
+    from types import SimpleNamespace
+
+    import pretty_midi
+
+    from ml.data.synth.base import _Retry
+    from ml.data.synth.items import _mix_multi
+    from ml.data.synth.parts import _Part
+
+    silent = _Part("vio", "score_lead", "vio", pretty_midi.Instrument(program=40), "timgm6mb", 0.0, 0.0)
+    renderer = SimpleNamespace(sample_rate=8000)  # a part without notes is skipped before rendering
+    job, song = SimpleNamespace(sample_rate=8000), SimpleNamespace(genre="cla")
+    with pytest.raises(_Retry, match="no labelled instrument audible"):
+        _mix_multi(np.random.default_rng(0), renderer, job, song, ["vio"], [silent], [], False, 8000)  # type: ignore[arg-type]
