@@ -157,6 +157,8 @@ class _Resampler(tat.Resample):
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         """Resample ``(..., S)`` → ``(..., ⌈S · new / orig⌉)``."""
+        if self.orig_freq == self.new_freq:  # a bounded ratio of 1 (e.g. 22051 → 22050 Hz): no kernel
+            return super().forward(waveform)
         orig, new = self.orig_freq // self.gcd, self.new_freq // self.gcd
         kernel = self.kernel  # (new, 1, K)
         taps = kernel.shape[-1]

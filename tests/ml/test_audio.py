@@ -163,3 +163,14 @@ def test_resample_tensor_matches_torchaudio(orig, new, polyphase, length):
     assert got.shape == want.shape == (2, math.ceil(length * new / orig))
     assert torch.allclose(got, want, atol=1e-6, rtol=0)
     assert torch.allclose(resample_tensor(wave[0], orig, new), got[0], atol=1e-6, rtol=0)  # 1-D input
+
+
+def test_resampler_of_ratio_one_is_the_identity():
+    """An odd header rate approximated by the ratio 1 (22051 → 22050 Hz) builds no kernel, copies nothing."""
+    import torch
+
+    from ml.audio import _resampler
+
+    wave = torch.randn(3, 100)
+    assert torch.equal(_resampler(1, 1, "cpu")(wave), wave)
+    assert len(resample(np.zeros(22051, np.float32), 22051, 22050)) == 22051  # ratio 1: same samples
