@@ -82,8 +82,8 @@ MISTAKES: list[tuple[list[str], list[str]]] = [
     (["serve", "--detach"], ["mpic serve: --detach needs a running Ray cluster", "ray.address=auto"]),
     (["synth", "--out", "{tmp}/has-data"], ["already holds a data set", "--overwrite", "--out ANOTHER_DIR"]),
     (
-        ["synth", "--out", "{tmp}/new-data", "--set", "synth.libraries=[timgm6mb, freepats]"],
-        ["mpic synth: unknown sample library 'freepats'; valid names: timgm6mb, fluidr3_gm"],
+        ["synth", "--out", "{tmp}/new-data", "--set", "synth.libraries=[timgm6mb, no_such_bank]"],
+        ["mpic synth: unknown sample library 'no_such_bank'; valid names: timgm6mb, fluidr3_gm"],
     ),
     (
         ["synth", "--out", "{tmp}/new-data", "--set", "synth.scores.collections=[bach, nope]"],
