@@ -335,6 +335,16 @@ def synthesize(
         "clips_per_recording": clips_per_recording,
         "min_stem_dbfs": MIN_STEM_DBFS,
         "activity_hop_s": HOP_S,
+        # which items are real compositions (null: none); the cache folder says where, not what: left out
+        "scores": None
+        if scores is None
+        else {
+            "test_share": scores.test_share,
+            "mix_share": scores.mix_share,
+            "collections": list(scores.collections),
+            "max_pieces": scores.max_pieces,
+            "tempo": list(scores.tempo),
+        },
         "counts": {
             "train_files": len(train_files),
             "mix_files": len(mix_files),

@@ -225,6 +225,13 @@ def test_items_composed_from_scores(tmp_path: Path, cache_dir: Path, pieces: lis
     names = {p.name for p in pieces}
     files = meta["files"]
     assert meta["counts"]["test_files"] == 3 and meta["counts"]["mix_files"] == 2
+    assert meta["scores"] == {
+        "test_share": 1.0,
+        "mix_share": 1.0,
+        "collections": ["bach"],
+        "max_pieces": MAX_PIECES,
+        "tempo": [60.0, 120.0],
+    }
     for f in files:
         comp = f["composition"]
         assert comp["source"] == "music21" and comp["piece"] in names and 60 <= comp["tempo"] <= 120
