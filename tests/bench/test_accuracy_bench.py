@@ -24,6 +24,27 @@ def test_meta_check_reuses_only_a_matching_rendering(tmp_path):
     assert not accuracy._meta_matches(tmp_path, accuracy.Size(size.libraries, 4, 2, 3, 1.0, seed=1))
     assert not accuracy._meta_matches(tmp_path, accuracy.Size(size.libraries, 4, 0, 3, 1.0))
     assert not accuracy._meta_matches(tmp_path / "missing", size)
+    # real compositions: a rendering reused only when its recorded corpus shares are the size's
+    corpus = accuracy.Size(size.libraries, 4, 2, 3, 1.0, corpus_tests=1.0, corpus_mixes=0.5)
+    assert not accuracy._meta_matches(tmp_path, corpus)
+    meta["scores"] = {"test_share": 1.0, "mix_share": 0.5}
+    (tmp_path / "synth_meta.json").write_text(json.dumps(meta))
+    assert accuracy._meta_matches(tmp_path, corpus)
+    assert not accuracy._meta_matches(tmp_path, size)
+
+
+def test_full_size_renders_the_demo_data_with_real_compositions():
+    """The headline benchmark measures what `make run` trains on, tested on corpus excerpts."""
+    from ml.config import load_config
+
+    demo = load_config(profile="demo").synth
+    full = accuracy.FULL
+    assert set(full.libraries) == set(demo.libraries)
+    assert (full.train_clips, full.train_mixes) == (demo.train_clips, demo.train_mixes)
+    assert full.corpus_tests == 1.0 and full.corpus_mixes == demo.scores.mix_share
+    overrides = accuracy._synth_overrides(full)
+    cfg = accuracy.derive(load_config(profile="demo"), overrides).synth
+    assert (cfg.scores.test_share, cfg.scores.mix_share, cfg.test_excerpts) == (1.0, 1.0, 24)
 
 
 @pytest.mark.timeout(900)
