@@ -29,7 +29,7 @@ class EmbeddingCache:
 
     emb: torch.Tensor
     target: torch.Tensor
-    views: int
+    views: float  # passes over the training clips; a fraction when the budget ended one part-way
     seconds: float
 
     def __len__(self) -> int:
@@ -64,6 +64,10 @@ def build_cache(
 ) -> EmbeddingCache:
     """Embed ``views`` augmented passes over ``train_idx`` (fewer if ``time_budget_s`` runs out first).
 
+    The first pass always completes (every clip is seen once); after it the budget is checked after every
+    batch, so a pass the budget ends part-way adds a random subset of the clips (each pass is a fresh
+    permutation) instead of overrunning the budget by up to a whole pass.
+
     Args:
         model: The classifier (front end + frozen trunk + head); put in training mode by the caller so the
             front end applies its training-time randomness, while the frozen trunk stays fixed.
@@ -72,26 +76,33 @@ def build_cache(
         views: Passes over the training clips.
         batch_size: Clips per drawn batch.
         seed: Seed of the view generator (the cache is the same on every resume of a trial).
-        time_budget_s: Stop after the pass during which this many seconds were spent (at least one pass).
+        time_budget_s: Stop once this many seconds were spent, but not before the first pass is complete.
 
     Returns:
-        The cache; ``views`` is the number of completed passes.
+        The cache; ``views`` is the number of passes embedded (fractional when one was cut short).
     """
     gen = torch.Generator().manual_seed(seed)
     embs: list[torch.Tensor] = []
     targets: list[torch.Tensor] = []
     t0 = time.perf_counter()
-    done = 0
-    for _ in range(views):
-        perm = train_idx[torch.randperm(len(train_idx), generator=gen)]
-        for a in range(0, len(perm), batch_size):
+    n = len(train_idx)
+    embedded = 0  # crops embedded so far, over all passes
+
+    def over_budget() -> bool:
+        return time_budget_s is not None and time.perf_counter() - t0 >= time_budget_s
+
+    for view in range(views):
+        perm = train_idx[torch.randperm(n, generator=gen)]
+        for a in range(0, n, batch_size):
+            if view > 0 and over_budget():
+                break
             b = draw(perm[a : a + batch_size], gen)
             embs.append(embed_waves(model, b.wave, batch_size))
             targets.append(b.target)
-        done += 1
-        if time_budget_s is not None and time.perf_counter() - t0 >= time_budget_s:
+            embedded += len(b.target)
+        if over_budget():
             break
-    return EmbeddingCache(torch.cat(embs), torch.cat(targets), done, time.perf_counter() - t0)
+    return EmbeddingCache(torch.cat(embs), torch.cat(targets), embedded / n, time.perf_counter() - t0)
 
 
 def window_embeddings(
