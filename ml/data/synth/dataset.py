@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -336,15 +336,10 @@ def synthesize(
         "min_stem_dbfs": MIN_STEM_DBFS,
         "activity_hop_s": HOP_S,
         # which items are real compositions (null: none); the cache folder says where, not what: left out
+        # every option but the parse cache's location (which changes nothing rendered)
         "scores": None
         if scores is None
-        else {
-            "test_share": scores.test_share,
-            "mix_share": scores.mix_share,
-            "collections": list(scores.collections),
-            "max_pieces": scores.max_pieces,
-            "tempo": list(scores.tempo),
-        },
+        else {k: v for k, v in asdict(scores).items() if k != "cache_dir"},
         "counts": {
             "train_files": len(train_files),
             "mix_files": len(mix_files),
