@@ -23,10 +23,12 @@ from typing import Any, Protocol
 from mlflow.exceptions import MlflowException
 
 from ml import tracking
+from ml.checkpoint import MODEL_FILE
 from ml.config import Config
 from ml.jobs.faults import FaultInjection
-from ml.jobs.folds import MODEL_FILE, OOF_FILE, check_conflicts, finished_fold, fold_dir, publish
+from ml.jobs.folds import check_conflicts, finished_fold, fold_dir, publish
 from ml.jobs.plan import job_key, plan_resources, prebuild_caches, select
+from ml.oof import OOF_FILE
 
 log = logging.getLogger(__name__)
 

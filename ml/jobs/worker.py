@@ -16,10 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from ml.checkpoint import MODEL_FILE
 from ml.config import Config
 from ml.jobs.faults import FaultInjection
-from ml.jobs.folds import MODEL_FILE, OOF_FILE, RESULT_FILE
+from ml.jobs.folds import RESULT_FILE
 from ml.jobs.plan import member_sample_rate
+from ml.oof import OOF_FILE
 
 
 class Runtime(Protocol):
