@@ -336,7 +336,6 @@ def synthesize(
         "min_stem_dbfs": MIN_STEM_DBFS,
         "activity_hop_s": HOP_S,
         # which items are real compositions (null: none); the cache folder says where, not what: left out
-        # every option but the parse cache's location (which changes nothing rendered)
         "scores": None
         if scores is None
         else {k: v for k, v in asdict(scores).items() if k != "cache_dir"},
