@@ -16,11 +16,15 @@ Steps (registry :data:`AUGMENTATIONS`, arguments validated by each step's ``Args
                 ``tempo_self / tempo_partner`` (clamped to [0.7, 1.4]) with a batched phase vocoder (pitch
                 kept), wrapped to the crop length and overlaid; skipped where a tempo is unknown.
 ``random_mix``  Overlay ``k - 1`` random other clips of the batch.
+``mixup``       Mixup (Zhang et al. 2018): a weighted sum of two clips at equal RMS, weights λ and 1 − λ
+                (λ ~ Beta(α, α), the larger share to the primary), and the same weighted sum of their
+                targets: soft labels that say how much of each clip the mix holds.
 
-Mixes put each partner at a random level ``level_db`` relative to the primary's RMS, then rescale the mix
-to the primary's RMS (loudness stays sane however many clips are stacked), and take the union (max) of the
-label sets. Note that the front ends RMS-normalise every example and the mix levels and noise are relative
-to each example's RMS, so a *constant* ``gain`` cannot change what a model sees; ``ramp: true`` can.
+The other mixes put each partner at a random level ``level_db`` relative to the primary's RMS, then
+rescale the mix to the primary's RMS (loudness stays sane however many clips are stacked), and take the
+union (max) of the label sets. Note that the front ends RMS-normalise every example and the mix levels and
+noise are relative to each example's RMS, so a *constant* ``gain`` cannot change what a model sees;
+``ramp: true`` can.
 """
 
 from __future__ import annotations
@@ -360,6 +364,46 @@ class RandomMix(Augmentation):
             batch,
             wave=batch.wave.index_copy(0, idx, mixed.to(batch.wave.dtype)),
             target=batch.target.index_copy(0, idx, target),
+        )
+
+
+class MixupArgs(ModelArgs):
+    """``mixup``: the Beta(α, α) concentration; small α gives mostly one clip, α = 1 any share."""
+
+    alpha: Annotated[float, Field(gt=0, le=10)] = 0.4
+
+
+@AUGMENTATIONS.register("mixup")
+class Mixup(Augmentation):
+    """Mixup: λ·x + (1 − λ)·x_partner at equal RMS, targets mixed with the same weights."""
+
+    Args = MixupArgs
+    name = "mixup"
+
+    def apply(self, batch: Batch, gen: torch.Generator | None) -> Batch:
+        """Mix each picked example with one random other example of the batch."""
+        assert isinstance(self.args, MixupArgs)
+        b, dev = len(batch), batch.wave.device
+        partner, has = _pick_partner(~torch.eye(b, dtype=torch.bool, device=dev), gen)
+        pick = _coin(b, self.p, gen, dev) & has
+        # torch's Beta sampler takes no generator: draw λ with numpy, seeded from ``gen`` (reproducible)
+        seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+        lam_np = np.random.default_rng(seed).beta(self.args.alpha, self.args.alpha, b)
+        lam = torch.from_numpy(np.maximum(lam_np, 1.0 - lam_np)).to(dev, batch.wave.dtype)  # (B,) ≥ 0.5
+        idx = pick.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            return batch
+        x, part, w = batch.wave[idx], batch.wave[partner[idx]], lam[idx, None]
+        rms = _rms(x)
+        # the partner at the primary's RMS first, so λ is the share of the mix's level, not of raw amplitudes
+        part = part * (rms / _rms(part).clamp_min(_EPS))
+        mixed = w * x + (1.0 - w) * part
+        mixed = mixed * (rms / _rms(mixed).clamp_min(_EPS))
+        target = w * batch.target[idx] + (1.0 - w) * batch.target[partner[idx]]
+        return replace(
+            batch,
+            wave=batch.wave.index_copy(0, idx, mixed.to(batch.wave.dtype)),
+            target=batch.target.index_copy(0, idx, target.to(batch.target.dtype)),
         )
 
 

@@ -74,6 +74,7 @@ def test_registry():
         "eq",
         "gain",
         "genre_mix",
+        "mixup",
         "noise",
         "pitch",
         "random_mix",
@@ -82,7 +83,7 @@ def test_registry():
 
 
 @pytest.mark.parametrize(
-    "name", ["noise", "gain", "genre_mix", "bpm_mix", "random_mix", "eq", "pitch", "reverb"]
+    "name", ["noise", "gain", "genre_mix", "bpm_mix", "random_mix", "mixup", "eq", "pitch", "reverb"]
 )
 def test_eval_mode_is_identity_and_train_mode_is_reproducible(name):
     b = make_batch(genres=[0, 0, 1, 1, 0, 0, 1, 1], tempi=[90.0, 100, 110, 120, 130, 95, 105, 115])
@@ -187,6 +188,37 @@ def test_random_mix_partners_are_distinct_and_small_batches_work():
     assert (out.target.sum(1) == 2).all()
     single = make_batch(b=1)
     torch.testing.assert_close(aug("random_mix")(single, gen()).wave, single.wave)
+
+
+@pytest.mark.parametrize("alpha", [0.2, 1.0])
+def test_mixup_weights_the_targets_like_the_waves(alpha):
+    labels = [[0], [1], [2, 3], [3], [4], [5], [0], [1]]
+    target = torch.zeros(8, C)
+    for i, ls in enumerate(labels):
+        target[i, ls] = 1
+    b = Batch(
+        wave=sines([200 + 50 * i for i in range(8)]),
+        target=target,
+        genre=torch.full((8,), -1),
+        tempo=torch.full((8,), float("nan")),
+    )
+    out = aug("mixup", alpha=alpha)(b, gen(5))
+    # each source sine's share of the mix, by projection (the sines are orthogonal over 1 s)
+    src = b.wave / b.wave.norm(dim=1, keepdim=True)
+    share = (
+        out.wave @ src.T / out.wave.norm(dim=1, keepdim=True).square() * out.wave.norm(dim=1, keepdim=True)
+    )
+    share = share / share.sum(1, keepdim=True)
+    assert ((share.abs() > 1e-4).sum(1) <= 2).all()  # the primary and at most one partner
+    assert (1 - share.diagonal()).max() > 0.05  # some partner is clearly mixed in
+    assert (share.diagonal() >= 0.5 - 1e-4).all()  # the primary keeps the larger share
+    torch.testing.assert_close(out.target, share @ b.target, atol=1e-4, rtol=0)
+    torch.testing.assert_close(rms(out.wave), rms(b.wave))
+    assert not torch.equal(out.target, (out.target > 0.5).float())  # soft targets
+    single = make_batch(b=1)
+    torch.testing.assert_close(aug("mixup")(single, gen()).wave, single.wave)
+    with pytest.raises(ConfigError, match="alpha"):
+        aug("mixup", alpha=0)
 
 
 def test_bpm_mix_skips_unknown_tempo():
@@ -337,13 +369,13 @@ def test_steps_apply_in_order_and_batch_validates():
         Batch(wave=torch.zeros(2, 10), target=torch.zeros(2, 3), genre=torch.zeros(3), tempo=torch.zeros(2))
 
 
-# Per-augmentation CPU-vs-CUDA tolerances (absolute, waves of RMS ~0.2). gain, genre_mix, random_mix are a
-# few float32 multiplies and row reductions (RMS) whose order differs between devices: relative round-off
-# ~1e-7 * log2(S), so ~1e-7 absolute; 1e-5 leaves a margin. bpm_mix goes through a float32 STFT/ISTFT
-# (cuFFT vs pocketfft, ~1e-7 relative per bin)
-# and a phase vocoder whose output moves ~40x its input's relative change (measured below on the CPU by
-# perturbing the input by 1e-7), so ~1e-5 is expected; 1e-4 leaves a margin.
-CUDA_ATOL = {"gain": 1e-5, "genre_mix": 1e-5, "random_mix": 1e-5, "bpm_mix": 1e-4}
+# Per-augmentation CPU-vs-CUDA tolerances (absolute, waves of RMS ~0.2). gain, genre_mix, random_mix and
+# mixup are a few float32 multiplies and row reductions (RMS) whose order differs between devices: relative
+# round-off ~1e-7 * log2(S), so ~1e-7 absolute; 1e-5 leaves a margin. bpm_mix goes through a float32
+# STFT/ISTFT (cuFFT vs pocketfft, ~1e-7 relative per bin) and a phase vocoder whose output moves ~40x its
+# input's relative change (measured below on the CPU by perturbing the input by 1e-7), so ~1e-5 is
+# expected; 1e-4 leaves a margin.
+CUDA_ATOL = {"gain": 1e-5, "genre_mix": 1e-5, "random_mix": 1e-5, "mixup": 1e-5, "bpm_mix": 1e-4}
 
 
 def test_time_stretch_is_well_conditioned():
