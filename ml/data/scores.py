@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from ml.config.loading import DEFAULT_CACHE_DIR
+from ml.config.schema import ScoresConfig
 from ml.data.synth.compose import Note
 from ml.data.synth.styles import (
     _POLYPHONIC_FAMILIES,
@@ -113,6 +115,9 @@ class ScoreExcerpt:
         return {"source": "music21", "piece": self.piece, "start_beat": self.start_beat, "tempo": self.tempo}
 
 
+_DEFAULTS = ScoresConfig()
+
+
 @dataclass(frozen=True)
 class ScoreOptions:
     """Which items :func:`ml.data.synth.synthesize` composes from corpus pieces, and from which.
@@ -127,12 +132,13 @@ class ScoreOptions:
         cache_dir: Folder of the parsed-pieces cache.
     """
 
-    test_share: float = 0.0
-    mix_share: float = 0.0
-    collections: tuple[str, ...] = ("bach", "palestrina", "monteverdi", "mozart", "haydn")
-    max_pieces: int = 60
-    tempo: tuple[float, float] = (60.0, 120.0)
-    cache_dir: Path = Path(".cache/mpic/scores")
+    # the defaults are config.yml's (``synth.scores``), written once in ml.config.schema.ScoresConfig
+    test_share: float = _DEFAULTS.test_share
+    mix_share: float = _DEFAULTS.mix_share
+    collections: tuple[str, ...] = tuple(_DEFAULTS.collections)
+    max_pieces: int = _DEFAULTS.max_pieces
+    tempo: tuple[float, float] = _DEFAULTS.tempo
+    cache_dir: Path = Path(DEFAULT_CACHE_DIR) / "scores"
 
 
 def _corpus_dir() -> Path:
