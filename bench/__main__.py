@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 
 from bench import report
-from bench.common import RESULTS_DIR, machine_info
+from bench.common import RESULTS_DIR, machine_info, now_iso
 
 BENCHMARKS = ("training", "inference", "accuracy")
 
@@ -52,6 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "quick": args.quick,
                     "benchmarks": runs,
                     "total_wall_s": round(time.perf_counter() - t_all, 1),
+                    "finished_at": now_iso(),
                     "machine": machine_info(),
                 },
                 indent=2,

@@ -138,13 +138,18 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def now_iso() -> str:
+    """The current UTC time as ISO 8601 to the second (the ``finished_at`` of results and runs)."""
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
 def write_result(name: str, result: dict[str, Any], markdown: str, *, quick: bool) -> Path:
     """Write ``results/<name>.json`` (result, machine, time) and the fragment ``results/<name>.md``."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     doc = {
         "benchmark": name,
         "quick": quick,
-        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "finished_at": now_iso(),
         "machine": machine_info(),
         **result,
     }

@@ -52,6 +52,32 @@ def headlines(results: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return out
 
 
+def last_run_line(run: Mapping[str, Any], results: Mapping[str, Mapping[str, Any]]) -> str:
+    """What the last ``python -m bench`` run covered, and which results shown were measured after it alone.
+
+    A benchmark run alone (``python -m bench.accuracy``) replaces its result without touching ``run.json``:
+    the line names those, so the run's wall times are not read as the source of every section.
+    """
+    per = ", ".join(f"{n} {r['wall_s']:.0f} s" for n, r in run.get("benchmarks", {}).items())
+    mode = "quick" if run.get("quick") else "full"
+    ended = run.get("finished_at")
+    line = (
+        f"Last `python -m bench` run: {mode} mode, {run.get('total_wall_s', 0) / 60:.1f} min in all ({per})"
+    )
+    line += f", finished {ended}." if ended else "."
+    shown = {n: str(r.get("finished_at", "")) for n, r in results.items()}
+    if ended:
+        # ISO 8601 times in UTC with the same format compare as strings
+        alone = [
+            f"{n} (finished {t})" for n, t in shown.items() if t > ended or n not in run.get("benchmarks", {})
+        ]
+        if alone:
+            line += " Run alone since: " + ", ".join(alone) + "."
+    else:
+        line += " Each section's result finished at: " + ", ".join(f"{n} {t}" for n, t in shown.items()) + "."
+    return line
+
+
 def build(path: Path = REPORT) -> Path:
     """Write the report; sections for benchmarks without results say so."""
     results = {n: r for n in ORDER if (r := _load(n)) is not None}
@@ -67,12 +93,7 @@ def build(path: Path = REPORT) -> Path:
         "",
     ]
     if run:
-        per = ", ".join(f"{n} {r['wall_s']:.0f} s" for n, r in run.get("benchmarks", {}).items())
-        mode = "quick" if run.get("quick") else "full"
-        lines += [
-            f"Last run: {mode} mode, {run.get('total_wall_s', 0) / 60:.1f} min in all ({per}).",
-            "",
-        ]
+        lines += [last_run_line(run, results), ""]
     quick = [n for n, r in results.items() if r.get("quick")]
     if quick:
         lines += [f"> Results of {', '.join(quick)} come from a `--quick` run: small and noisy.", ""]
