@@ -151,6 +151,15 @@ def _overlay(wave: Tensor, partners: Tensor, level_db: Tensor) -> Tensor:
     return mix * (rms / _rms(mix).clamp_min(_EPS))
 
 
+def _write_back(batch: Batch, idx: Tensor, wave: Tensor, target: Tensor) -> Batch:
+    """The batch with rows ``idx`` (n,) replaced by ``wave`` (n, S) and ``target`` (n, C)."""
+    return replace(
+        batch,
+        wave=batch.wave.index_copy(0, idx, wave.to(batch.wave.dtype)),
+        target=batch.target.index_copy(0, idx, target.to(batch.target.dtype)),
+    )
+
+
 # ------------------------------------------------------------------------------------ augmentations
 
 
@@ -285,9 +294,7 @@ class _PairMix(Augmentation):
         part = partner[idx]
         waves = self.partner_waves(batch, idx, part)
         mixed = _overlay(batch.wave[idx], waves[:, None, :], level[idx, None])
-        wave = batch.wave.index_copy(0, idx, mixed.to(batch.wave.dtype))
-        target = batch.target.index_copy(0, idx, torch.maximum(batch.target[idx], batch.target[part]))
-        return replace(batch, wave=wave, target=target)
+        return _write_back(batch, idx, mixed, torch.maximum(batch.target[idx], batch.target[part]))
 
 
 @AUGMENTATIONS.register("genre_mix")
@@ -359,11 +366,8 @@ class RandomMix(Augmentation):
         partners = scores.argsort(dim=1)[:, :k].to(dev)[idx]  # (n, k) distinct
         level = _uniform(idx.numel() * k, _range(self.args.level_db), gen, dev).view(-1, k)
         mixed = _overlay(batch.wave[idx], batch.wave[partners], level)
-        target = torch.maximum(batch.target[idx], batch.target[partners].amax(dim=1))
-        return replace(
-            batch,
-            wave=batch.wave.index_copy(0, idx, mixed.to(batch.wave.dtype)),
-            target=batch.target.index_copy(0, idx, target),
+        return _write_back(
+            batch, idx, mixed, torch.maximum(batch.target[idx], batch.target[partners].amax(dim=1))
         )
 
 
@@ -399,12 +403,7 @@ class Mixup(Augmentation):
         part = part * (rms / _rms(part).clamp_min(_EPS))
         mixed = w * x + (1.0 - w) * part
         mixed = mixed * (rms / _rms(mixed).clamp_min(_EPS))
-        target = w * batch.target[idx] + (1.0 - w) * batch.target[partner[idx]]
-        return replace(
-            batch,
-            wave=batch.wave.index_copy(0, idx, mixed.to(batch.wave.dtype)),
-            target=batch.target.index_copy(0, idx, target.to(batch.target.dtype)),
-        )
+        return _write_back(batch, idx, mixed, w * batch.target[idx] + (1.0 - w) * batch.target[partner[idx]])
 
 
 # ------------------------------------------------------------------------------------ timbre (sound source)

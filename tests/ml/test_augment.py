@@ -159,17 +159,22 @@ def _partners_present(out: torch.Tensor, b: Batch) -> torch.Tensor:
     return (out @ src.T).abs() > 0.05 * out.norm(dim=1, keepdim=True)
 
 
-def test_mixing_gives_the_union_of_labels():
+def multi_label_batch(genre: int, tempo: float) -> Batch:
+    """Eight orthogonal sines, one with two labels, all of one genre and tempo."""
     labels = [[0], [1], [2, 3], [3], [4], [5], [0], [1]]
     target = torch.zeros(8, C)
     for i, ls in enumerate(labels):
         target[i, ls] = 1
-    b = Batch(
+    return Batch(
         wave=sines([200 + 50 * i for i in range(8)]),
         target=target,
-        genre=torch.zeros(8, dtype=torch.long),
-        tempo=torch.full((8,), 120.0),
+        genre=torch.full((8,), genre, dtype=torch.long),
+        tempo=torch.full((8,), tempo),
     )
+
+
+def test_mixing_gives_the_union_of_labels():
+    b = multi_label_batch(genre=0, tempo=120.0)
     for name, k in (("genre_mix", 2), ("bpm_mix", 2), ("random_mix", 3)):
         out = aug(name, level_db=0.0, **({"k": 3} if name == "random_mix" else {}))(b, gen())
         present = _partners_present(out.wave, b)
@@ -192,16 +197,7 @@ def test_random_mix_partners_are_distinct_and_small_batches_work():
 
 @pytest.mark.parametrize("alpha", [0.2, 1.0])
 def test_mixup_weights_the_targets_like_the_waves(alpha):
-    labels = [[0], [1], [2, 3], [3], [4], [5], [0], [1]]
-    target = torch.zeros(8, C)
-    for i, ls in enumerate(labels):
-        target[i, ls] = 1
-    b = Batch(
-        wave=sines([200 + 50 * i for i in range(8)]),
-        target=target,
-        genre=torch.full((8,), -1),
-        tempo=torch.full((8,), float("nan")),
-    )
+    b = multi_label_batch(genre=-1, tempo=float("nan"))
     out = aug("mixup", alpha=alpha)(b, gen(5))
     # each source sine's share of the mix, by projection (the sines are orthogonal over 1 s)
     src = b.wave / b.wave.norm(dim=1, keepdim=True)
