@@ -51,6 +51,8 @@ class EnsembleSpec:
     weights: dict[str, float]
     aggregation: str = "mean"
     thresholds: list[float] = field(default_factory=list)
+    # at most this many instruments named per file (the highest-scoring of those over their thresholds)
+    max_instruments: int | None = None
     objective: str = "macro_f1"
     value: float | None = None
     version: int = 0
@@ -70,6 +72,12 @@ class EnsembleSpec:
             raise SpecError("at least one member needs a positive weight")
         if self.thresholds and len(self.thresholds) != len(self.labels):
             raise SpecError(f"{len(self.thresholds)} thresholds for {len(self.labels)} labels")
+        if self.max_instruments is not None and not (
+            isinstance(self.max_instruments, int) and self.max_instruments >= 1
+        ):
+            raise SpecError(
+                f"max_instruments must be a whole number >= 1 or null, got {self.max_instruments!r}"
+            )
 
     def to_json(self) -> str:
         """Serialise (stable key order, so equal specs give equal bytes)."""
@@ -153,6 +161,7 @@ def default_spec(cfg: Config, checkpoints: dict[str, list[str]] | None = None) -
         weights={m: 1.0 for m in members},
         aggregation=aggs.pop() if len(aggs) == 1 else "mean",
         thresholds=[cfg.inference.threshold] * len(cfg.labels),
+        max_instruments=cfg.fusion.max_instruments,
         source="default",
     )
 

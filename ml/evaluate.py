@@ -165,6 +165,7 @@ def evaluate(
             weights=settings.weights,
             thresholds=settings.thresholds,
             aggregation=settings.aggregation,
+            max_instruments=settings.max_instruments,
         )
         bad = [f"{r.file}: {r.error}" for r in results if r.error is not None]
         if bad:
@@ -175,17 +176,22 @@ def evaluate(
     reports: dict[str, Any] = {}
     for m in names:
         scores, th = run(single_model_settings(cfg, fusion, m))
-        reports[m] = metrics.evaluate(y, scores, np.asarray(th), labels)
+        reports[m] = metrics.evaluate(y, scores, np.asarray(th), labels, spec.max_instruments)
     out: dict[str, Any] = {
         "n_excerpts": len(paths),
         "labels": labels,
         "members": reports,
         # which ensemble was evaluated: name, registered name, version, source (as every answer says)
-        "spec": {**fusion.stamp(), "weights": spec.weights, "aggregation": spec.aggregation},
+        "spec": {
+            **fusion.stamp(),
+            "weights": spec.weights,
+            "aggregation": spec.aggregation,
+            "max_instruments": spec.max_instruments,
+        },
     }
     if fused_members:
         scores, th = run(multi_model_settings(cfg, fusion))
-        out["ensemble"] = metrics.evaluate(y, scores, np.asarray(th), labels)
+        out["ensemble"] = metrics.evaluate(y, scores, np.asarray(th), labels, spec.max_instruments)
     return out
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ml import metrics
 from ml.audio import Audio, resample_tensor
 from ml.checkpoint import MODEL_FILE, CheckpointError, load_classifier
 from ml.fusion import aggregate
@@ -349,13 +350,20 @@ def build_result(
     labels: Sequence[str],
     thresholds: Sequence[float] | np.ndarray,
     window_s: float,
+    *,
+    max_instruments: int | None = None,
 ) -> FileResult:
-    """Assemble a :class:`FileResult`; silent audio is flagged and gets no instruments."""
-    th = np.broadcast_to(np.asarray(thresholds, dtype=np.float32), (len(labels),))
+    """Assemble a :class:`FileResult`; silent audio is flagged and gets no instruments.
+
+    The instruments are the labels whose score reaches their threshold, at most ``max_instruments`` of
+    them (the highest scores; :func:`ml.metrics.decide`), in label order.
+    """
     scores = {c: float(s) for c, s in zip(labels, file_scores, strict=True)}
-    instruments = (
-        [] if audio.silent else [c for c, s, t in zip(labels, file_scores, th, strict=True) if s >= t]
-    )
+    # float32 thresholds against float32 scores, as the scores are computed (a score equal to its
+    # threshold passes; comparing in float64 would round the two apart)
+    th32 = np.broadcast_to(np.asarray(thresholds, dtype=np.float32), (len(labels),))
+    named = metrics.decide(np.asarray(file_scores, dtype=np.float32)[None, :], th32, max_instruments)[0]
+    instruments = [] if audio.silent else [c for c, n in zip(labels, named, strict=True) if n]
     segments = [
         Segment(
             float(a),
@@ -422,6 +430,8 @@ class EnsemblePredictor:
         self.aggregation = aggregation
         self.cfg = cfg
         self.spec = spec
+        # the spec's cap on the instruments named per file (none without a spec)
+        self.max_instruments: int | None = getattr(spec, "max_instruments", None)
 
     def warm_up(self, seconds: float = 2.0) -> None:
         """Run every member once on silence so the first real request pays no one-off set-up costs."""
@@ -443,6 +453,7 @@ class EnsemblePredictor:
             weights=dict(self.weights if weights is None else weights),
             thresholds=[float(t) for t in self.thresholds],
             aggregation=self.aggregation,
+            max_instruments=self.max_instruments,
         )
 
 

@@ -116,9 +116,13 @@ def check_no_leak(
 
 
 def _report(
-    y: np.ndarray, scores: np.ndarray, thresholds: Sequence[float], labels: list[str]
+    y: np.ndarray,
+    scores: np.ndarray,
+    thresholds: Sequence[float],
+    labels: list[str],
+    max_labels: int | None = None,
 ) -> dict[str, Any]:
-    r = metrics.evaluate(y, scores, np.asarray(thresholds, dtype=np.float64), labels)
+    r = metrics.evaluate(y, scores, np.asarray(thresholds, dtype=np.float64), labels, max_labels)
     return {
         **{k: round(float(r[k]), 4) for k in SUMMARY_KEYS},
         "per_class_f1": {c: round(float(v["f1"]), 4) for c, v in r["per_class"].items()},
@@ -139,6 +143,7 @@ class FusionFit:
     thresholds: list[float]
     member_thresholds: dict[str, list[float]]
     oof: dict[str, Any]
+    max_instruments: int | None = None  # the configured cap (fusion.max_instruments), not fitted
 
 
 def fit_fusion(cfg: Config, members: Sequence[str]) -> tuple[FusionFit, list[str]]:
@@ -175,7 +180,8 @@ def fit_fusion(cfg: Config, members: Sequence[str]) -> tuple[FusionFit, list[str
             aggregation=best.aggregation,
             thresholds=[float(t) for t in best.thresholds],
             member_thresholds=member_th,
-            oof=_report(oof.y_true, fused, best.thresholds, oof.labels),
+            oof=_report(oof.y_true, fused, best.thresholds, oof.labels, cfg.fusion.max_instruments),
+            max_instruments=cfg.fusion.max_instruments,
         ),
         oof.paths,
     )
@@ -288,13 +294,14 @@ def run_lolo(
                 fusion.aggregate_batch(windows[m], hcfg.members[m].aggregation),
                 fit_.member_thresholds[m],
                 labels,
+                fit_.max_instruments,
             )
         used = [m for m in members if fit_.weights.get(m, 0.0) > 0]
         fused = fusion.fuse(
             np.stack([fusion.aggregate_batch(windows[m], fit_.aggregation) for m in used]),
             np.array([fit_.weights[m] for m in used]),
         )
-        rows[ENSEMBLE] = _report(y, fused, fit_.thresholds, labels)
+        rows[ENSEMBLE] = _report(y, fused, fit_.thresholds, labels, fit_.max_instruments)
         rows[TRIVIAL] = trivial_report(y, labels)
         per_family[fam] = {
             "libraries": sorted({r.library for r in split.test}),

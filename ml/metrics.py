@@ -24,6 +24,7 @@ __all__ = [
     "as_scores",
     "binarize",
     "cardinality",
+    "decide",
     "evaluate",
     "hamming_score",
     "lrap",
@@ -116,6 +117,36 @@ def binarize(scores: ArrayLike, thresholds: ArrayLike) -> BoolArray:
         raise ValueError("thresholds must be finite and lie in [0, 1]")
     # (N, C) >= (C,) broadcasts the per-class threshold over rows.
     return s >= t
+
+
+def decide(scores: ArrayLike, thresholds: ArrayLike, max_labels: int | None = None) -> BoolArray:
+    """The labels named per row: ``score >= threshold``, then at most ``max_labels`` of them.
+
+    Of the labels that pass their thresholds, a row keeps the ``max_labels`` with the highest scores
+    (ties broken by label order); ``None`` keeps them all (:func:`binarize`).
+
+    Args:
+        scores: ``(N, C)`` scores in [0, 1].
+        thresholds: a scalar, or a ``(C,)`` vector of per-class thresholds, each in [0, 1].
+        max_labels: the most labels named per row (>= 1), or ``None``.
+
+    Returns:
+        ``(N, C)`` boolean prediction matrix.
+
+    Raises:
+        ValueError: as :func:`binarize`, or ``max_labels`` < 1.
+    """
+    pred = binarize(scores, thresholds)
+    if max_labels is None or max_labels >= pred.shape[1]:
+        return pred
+    if max_labels < 1:
+        raise ValueError(f"max_labels must be >= 1 or None; got {max_labels}")
+    s = as_scores(scores)
+    # rank passing labels by score (failing ones last); a stable sort keeps label order among ties
+    order = np.argsort(-np.where(pred, s, -1.0), axis=1, kind="stable")
+    keep = np.zeros_like(pred)
+    np.put_along_axis(keep, order[:, :max_labels], True, axis=1)
+    return pred & keep
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,6 +330,7 @@ def evaluate(
     scores: ArrayLike,
     thresholds: float | ArrayLike,
     labels: Sequence[str],
+    max_labels: int | None = None,
 ) -> dict[str, Any]:
     """Compute the full evaluation report for one set of scores.
 
@@ -308,6 +340,7 @@ def evaluate(
         thresholds: scalar or ``(C,)`` per-class thresholds; a label is predicted when
             ``score >= threshold``.
         labels: ``C`` class codes, used as keys of ``per_class``.
+        max_labels: at most this many labels named per row (:func:`decide`); ``None``: no cap.
 
     Returns:
         A JSON-serialisable dict with plain Python floats/ints: ``micro_f1``, ``macro_f1``,
@@ -327,7 +360,7 @@ def evaluate(
         raise ValueError(f"labels must have {t.shape[1]} entries (one per class); got {len(codes)}")
     if len(set(codes)) != len(codes):
         raise ValueError("labels must be unique")
-    pred = binarize(s, thresholds)
+    pred = decide(s, thresholds, max_labels)
     precision, recall, f1, support = per_class_prf(t, pred)
     return {
         "micro_f1": micro_f1(t, pred),

@@ -140,7 +140,9 @@ def score_candidate(
     return fusion.objective(objective, oof.y_true, fused, th), th, fused
 
 
-def summary(oof: OOFSet, fused: np.ndarray, thresholds: np.ndarray) -> dict[str, float]:
-    """micro/macro F1 and LRAP of fused OOF scores at ``thresholds``."""
-    r = metrics.evaluate(oof.y_true, fused, thresholds, oof.labels)
+def summary(
+    oof: OOFSet, fused: np.ndarray, thresholds: np.ndarray, max_labels: int | None = None
+) -> dict[str, float]:
+    """micro/macro F1 and LRAP of fused OOF scores at ``thresholds`` (at most ``max_labels`` named)."""
+    r = metrics.evaluate(oof.y_true, fused, thresholds, oof.labels, max_labels)
     return {k: float(r[k]) for k in ("micro_f1", "macro_f1", "lrap", "map", "cardinality_pred")}

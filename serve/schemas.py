@@ -88,6 +88,13 @@ class AnalyzeResponse(BaseModel):
     labels: list[str]
     weights: dict[str, float] = Field(description="normalised weights of the members that were fused")
     thresholds: dict[str, float]
+    max_instruments: int | None = Field(
+        default=None,
+        description=(
+            "at most this many instruments are named per file: of those whose score reaches the "
+            "threshold, the highest-scoring (null: no cap)"
+        ),
+    )
     aggregation: str
     ensemble: EnsembleOut
     model: str | None = Field(description="the member of a single-model request (null: fused)")
@@ -140,6 +147,13 @@ class ModelsResponse(BaseModel):
     default: str = Field(description="the member the single-model endpoint uses when none is named")
     weights: dict[str, float]
     thresholds: dict[str, float]
+    max_instruments: int | None = Field(
+        default=None,
+        description=(
+            "at most this many instruments are named per file: of those whose score reaches the "
+            "threshold, the highest-scoring (null: no cap)"
+        ),
+    )
     aggregation: str
     labels: list[LabelOut]
     spec: SpecOut

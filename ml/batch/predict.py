@@ -63,6 +63,7 @@ def tag(
             weights=settings.weights,
             thresholds=settings.thresholds,
             aggregation=settings.aggregation,
+            max_instruments=settings.max_instruments,
             chunk=chunk,
         ):
             sink(part)

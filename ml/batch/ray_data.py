@@ -197,6 +197,7 @@ class BatchScorer:
                 weights=s.weights,
                 thresholds=s.thresholds,
                 aggregation=s.aggregation,
+                max_instruments=s.max_instruments,
             )
         )
 

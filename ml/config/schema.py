@@ -298,6 +298,9 @@ class FusionConfig(_Strict):
     """The fusion-weight / aggregation / threshold search on out-of-fold predictions."""
 
     objective: Objective = "macro_f1"
+    # name at most this many instruments per file: of those over their thresholds, the highest scores
+    # (null: no cap). Written into the ensemble spec by `mpic fuse`; a prior, not fitted (docs/benchmarks.md)
+    max_instruments: Annotated[int, Field(ge=1)] | None = None
     num_samples: Annotated[int, Field(ge=1)] = 200
     aggregations: list[Aggregation] = ["mean", "max", "s2"]
     seed: int = 0

@@ -119,6 +119,7 @@ def run(
         weights=_norm({m: chosen_w.get(m, 0.0) for m in names}),
         aggregation=chosen_agg,
         thresholds=[float(x) for x in thresholds],
+        max_instruments=cfg.fusion.max_instruments,
         objective=obj,
         value=float(value),
         source=source,
@@ -127,14 +128,14 @@ def run(
             "n_trials": len(trials),
             "tune_best": tune_value,
             "baselines": base,
-            "oof": oofmod.summary(oof, fused, thresholds),
+            "oof": oofmod.summary(oof, fused, thresholds, cfg.fusion.max_instruments),
             "member_thresholds": member_th,
             "search_seconds": round(time.perf_counter() - t0, 2),
         },
     )
     mlflow_info: dict[str, Any] | None = None
     if registering:
-        report = evaluate(oof.y_true, fused, thresholds, cfg.label_codes)
+        report = evaluate(oof.y_true, fused, thresholds, cfg.label_codes, cfg.fusion.max_instruments)
         mlflow_info = log_fusion(cfg, spec, trials, base, report)
         spec.registered_model = tracking.spec_model_name(cfg)
         path = save_spec(cfg, spec, int(mlflow_info["version"]))

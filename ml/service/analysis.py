@@ -118,6 +118,7 @@ async def analyze(
     weights: Mapping[str, float],
     thresholds: Sequence[float],
     aggregation: str,
+    max_instruments: int | None = None,
 ) -> list[FileResult]:
     """Decode, window, score with every positively weighted member concurrently, fuse (see module doc).
 
@@ -125,7 +126,13 @@ async def analyze(
         ScoringError: A backend call failed.
     """
     files = await analyze_files(
-        cfg, backend, uploads, weights=weights, thresholds=thresholds, aggregation=aggregation
+        cfg,
+        backend,
+        uploads,
+        weights=weights,
+        thresholds=thresholds,
+        aggregation=aggregation,
+        max_instruments=max_instruments,
     )
     return [f.result for f in files]
 
@@ -138,6 +145,7 @@ async def analyze_files(
     weights: Mapping[str, float],
     thresholds: Sequence[float],
     aggregation: str,
+    max_instruments: int | None = None,
     also_score: Collection[str] = (),
 ) -> list[AnalyzedFile]:
     """:func:`analyze`, also returning every member's per-window scores.
@@ -149,6 +157,8 @@ async def analyze_files(
         uploads: ``(name, bytes)`` of each file.
         weights: Member → fusion weight; members with a positive weight are scored and fused.
         thresholds: Per-class thresholds (label order).
+        max_instruments: At most this many instruments named per file (``None``: every one over its
+            threshold; see :func:`ml.metrics.decide`).
         aggregation: Window aggregation of the fused file scores.
         also_score: Served members to score as well although their weight is 0 (their window scores are
             returned, not fused), so a client can re-weigh without sending the audio again.
@@ -176,6 +186,7 @@ async def analyze_files(
         weights=weights,
         thresholds=thresholds,
         aggregation=aggregation,
+        max_instruments=max_instruments,
         also_score=also_score,
     )
     if observer is not None:
@@ -191,6 +202,7 @@ async def score_decoded(
     weights: Mapping[str, float],
     thresholds: Sequence[float],
     aggregation: str,
+    max_instruments: int | None = None,
 ) -> list[FileResult]:
     """Score decoded files with every positively weighted member concurrently and fuse, in input order.
 
@@ -201,7 +213,13 @@ async def score_decoded(
         ScoringError: A backend call failed.
     """
     files = await score_decoded_files(
-        cfg, backend, decoded, weights=weights, thresholds=thresholds, aggregation=aggregation
+        cfg,
+        backend,
+        decoded,
+        weights=weights,
+        thresholds=thresholds,
+        aggregation=aggregation,
+        max_instruments=max_instruments,
     )
     return [f.result for f in files]
 
@@ -214,6 +232,7 @@ async def score_decoded_files(
     weights: Mapping[str, float],
     thresholds: Sequence[float],
     aggregation: str,
+    max_instruments: int | None = None,
     also_score: Collection[str] = (),
 ) -> list[AnalyzedFile]:
     """:func:`score_decoded` with every scored member's per-window scores (see :func:`analyze_files`).
@@ -276,6 +295,7 @@ async def score_decoded_files(
             cfg.label_codes,
             thresholds,
             inf.window_s,
+            max_instruments=max_instruments,
         )
         files.append(AnalyzedFile(result, d.song.starts_s, member_scores))
     return files
@@ -298,6 +318,7 @@ def analyze_stream(
     weights: Mapping[str, float],
     thresholds: Sequence[float],
     aggregation: str,
+    max_instruments: int | None = None,
     chunk: int = 16,
 ) -> Iterator[list[FileResult]]:
     """:func:`analyze` over an iterable of ``(name, path or bytes)``, ``chunk`` files at a time.
@@ -323,7 +344,13 @@ def analyze_stream(
         if uploads:
             out = asyncio.run(
                 analyze(
-                    cfg, backend, uploads, weights=weights, thresholds=thresholds, aggregation=aggregation
+                    cfg,
+                    backend,
+                    uploads,
+                    weights=weights,
+                    thresholds=thresholds,
+                    aggregation=aggregation,
+                    max_instruments=max_instruments,
                 )
             )
             for i, r in zip(where, out, strict=True):
@@ -339,6 +366,7 @@ def analyze_sources(
     weights: Mapping[str, float],
     thresholds: Sequence[float],
     aggregation: str,
+    max_instruments: int | None = None,
     chunk: int = 16,
 ) -> list[FileResult]:
     """:func:`analyze` for callers without an event loop (CLI, evaluation, batch jobs).
@@ -356,6 +384,7 @@ def analyze_sources(
             weights=weights,
             thresholds=thresholds,
             aggregation=aggregation,
+            max_instruments=max_instruments,
             chunk=chunk,
         )
         for r in part

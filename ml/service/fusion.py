@@ -37,6 +37,7 @@ class Fusion:
     registered_model: str | None = None
     # per member: its own thresholds, fitted by `mpic fuse` on its out-of-fold predictions alone
     member_thresholds: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    max_instruments: int | None = None  # at most this many instruments named per file (the spec's)
 
     def stamp(self) -> dict[str, Any]:
         """What an answer says about the ensemble that produced it (see :func:`ml.ensemble.stamp`)."""
@@ -161,6 +162,7 @@ def fusion_from_spec(
         source=spec.source,
         registered_model=spec.registered_model,
         member_thresholds=member_th,
+        max_instruments=spec.max_instruments,
     )
 
 
@@ -222,4 +224,5 @@ def apply_fusion_update(
         source=source,
         registered_model=fusion.registered_model,
         member_thresholds=fusion.member_thresholds,
+        max_instruments=fusion.max_instruments,
     )

@@ -23,6 +23,7 @@ class RunSettings:
     thresholds: tuple[float, ...]
     aggregation: str
     model: str | None = None  # the member of a single-model run
+    max_instruments: int | None = None  # the spec's cap on the instruments named per file
 
 
 def single_model_settings(
@@ -38,7 +39,13 @@ def single_model_settings(
         th: tuple[float, ...] = _check_thresholds([threshold] * len(cfg.labels))
     else:
         th = fusion.member_thresholds.get(member) or (float(cfg.inference.threshold),) * len(cfg.labels)
-    return RunSettings({member: 1.0}, th, cfg.members[member].aggregation, model=member)
+    return RunSettings(
+        {member: 1.0},
+        th,
+        cfg.members[member].aggregation,
+        model=member,
+        max_instruments=fusion.max_instruments,
+    )
 
 
 def multi_model_settings(
@@ -55,7 +62,7 @@ def multi_model_settings(
         if threshold is not None
         else tuple(fusion.thresholds)
     )
-    return RunSettings(w, th, fusion.aggregation)
+    return RunSettings(w, th, fusion.aggregation, max_instruments=fusion.max_instruments)
 
 
 def results_document(
@@ -69,7 +76,8 @@ def results_document(
     """The JSON answer of an analysis, the same for HTTP, `mpic predict` and batch jobs.
 
     Names the ensemble and version (``ensemble``), the member for a single-model run (``model``), the
-    normalised weights of the members called, the thresholds and the aggregation (see
+    normalised weights of the members called, the thresholds, the cap on instruments named and the
+    aggregation (see
     :func:`ml.results.results_payload`).
     """
     from ml.results import results_payload
@@ -85,4 +93,5 @@ def results_document(
         aggregation=settings.aggregation,
         ensemble=fusion.stamp(),
         model=settings.model,
+        max_instruments=settings.max_instruments,
     )

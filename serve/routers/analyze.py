@@ -128,6 +128,7 @@ async def _run(
                 weights=settings.weights,
                 thresholds=settings.thresholds,
                 aggregation=settings.aggregation,
+                max_instruments=settings.max_instruments,
                 also_score=also,
             ),
             timeout=limits.request_timeout_s,

@@ -36,6 +36,7 @@ async def models(state: State) -> ModelsResponse:
         default=state.default_model,
         weights=dict(fu.weights),
         thresholds=dict(zip(cfg.label_codes, fu.thresholds, strict=True)),
+        max_instruments=fu.max_instruments,
         aggregation=fu.aggregation,
         labels=[LabelOut(code=lab.code, name=lab.name) for lab in cfg.labels],
         spec=SpecOut(

@@ -152,3 +152,23 @@ def test_fold_models_share_one_spectrogram_with_identical_scores(smoke_cfg):
     with torch.inference_mode():
         expected = torch.stack([torch.sigmoid(m(x)) for m in models]).mean(0).numpy()
     np.testing.assert_allclose(pred.score_windows(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_ensemble_predictor_names_at_most_the_spec_cap(smoke_cfg):
+    """The spec's max_instruments reaches the answer through the one pipeline; without it, every label."""
+    from types import SimpleNamespace
+
+    pa, _ = make_predictor("a", bias=5.0)  # white noise fills every band: each label over its threshold
+    cfg = three_label_cfg(smoke_cfg)
+    noise = 0.1 * np.random.default_rng(0).standard_normal(44100 * 2)
+    song = wav_bytes(noise.astype(np.float32), 44100)
+    free = EnsemblePredictor({"a": pa}, {"a": 1.0}, [0.5] * 3, "mean", cfg=cfg)
+    [r_free] = free.predict([("song.wav", song)])
+    assert r_free.instruments == ["lo", "mid", "hi"]
+    capped = EnsemblePredictor(
+        {"a": pa}, {"a": 1.0}, [0.5] * 3, "mean", cfg=cfg, spec=SimpleNamespace(max_instruments=2)
+    )
+    [r_cap] = capped.predict([("song.wav", song)])
+    top2 = sorted(r_free.scores, key=lambda c: -r_free.scores[c])[:2]
+    assert r_cap.instruments == [c for c in ("lo", "mid", "hi") if c in top2]
+    assert r_cap.scores == r_free.scores  # the cap changes the decision, never the scores

@@ -179,3 +179,32 @@ def test_property_ranking_metrics_in_unit_interval(y: np.ndarray, data: st.DataO
     scores = data.draw(hnp.arrays(np.float64, y.shape, elements=st.floats(0, 1)))
     assert 0.0 <= metrics.lrap(y, scores) <= 1.0
     assert 0.0 <= metrics.mean_average_precision(y, scores) <= 1.0
+
+
+def test_decide_keeps_the_highest_scores_of_the_labels_over_their_thresholds():
+    s = np.array([[0.9, 0.6, 0.7, 0.2], [0.5, 0.5, 0.5, 0.1], [0.1, 0.2, 0.3, 0.1]])
+    th = np.array([0.5, 0.5, 0.8, 0.5])
+    passing = metrics.binarize(s, th)
+    np.testing.assert_array_equal(metrics.decide(s, th), passing)
+    np.testing.assert_array_equal(metrics.decide(s, th, 4), passing)
+    # row 0: 0.9 and 0.6 pass (0.7 is under its 0.8); a cap of 1 keeps the 0.9
+    np.testing.assert_array_equal(metrics.decide(s, th, 1)[0], [True, False, False, False])
+    # row 1: a three-way tie over the thresholds of labels 0 and 1: label order decides
+    np.testing.assert_array_equal(metrics.decide(s, th, 1)[1], [True, False, False, False])
+    np.testing.assert_array_equal(metrics.decide(s, th, 2)[1], [True, True, False, False])
+    # a cap never names a label under its threshold (row 2 names nothing)
+    assert not metrics.decide(s, th, 2)[2].any()
+    assert (metrics.decide(s, th, 1) <= passing).all()
+    with pytest.raises(ValueError, match="max_labels"):
+        metrics.decide(s, th, 0)
+
+
+def test_evaluate_with_a_cap_counts_only_the_named_labels():
+    y = np.array([[1, 0, 0], [0, 1, 1]])
+    s = np.array([[0.9, 0.8, 0.7], [0.2, 0.9, 0.8]])
+    free = metrics.evaluate(y, s, 0.5, ["a", "b", "c"])
+    capped = metrics.evaluate(y, s, 0.5, ["a", "b", "c"], max_labels=1)
+    assert free["cardinality_pred"] == pytest.approx(2.5)
+    assert capped["cardinality_pred"] == pytest.approx(1.0)
+    assert capped["per_class"]["c"]["recall"] == 0.0  # the 0.8 of row 2 is dropped by the cap
+    assert capped["lrap"] == free["lrap"]  # rankings do not depend on the decision

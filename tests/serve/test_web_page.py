@@ -326,6 +326,28 @@ def test_controls_come_from_models_and_are_labelled(page: Page, models: dict[str
     expect(page.locator("#download-json")).to_be_disabled()
 
 
+def test_the_page_names_at_most_the_spec_cap_when_it_rethresholds(page: Page, models: dict[str, Any]) -> None:
+    """fusion.js's namedLabels is ml.metrics.decide: over the threshold, then the top scores, label order."""
+    cap = models.get("max_instruments")
+    note = page.get_by_test_id("cap-note")
+    if cap is None:
+        expect(note).to_be_hidden()
+    else:
+        expect(note).to_contain_text(f"At most {cap} instrument")
+    named = page.evaluate(
+        """async () => {
+          const { namedLabels } = await import("/static/js/fusion.js");
+          const labels = ["a", "b", "c", "d"];
+          const scores = { a: 0.5, b: 0.9, c: 0.7, d: 0.2 };
+          const th = { a: 0.4, b: 0.4, c: 0.8, d: 0.4 };
+          const tie = { a: 0.6, b: 0.6, c: 0.6, d: 0.1 };
+          return [namedLabels(labels, scores, th, null), namedLabels(labels, scores, th, 1),
+                  namedLabels(labels, scores, th, 5), namedLabels(labels, tie, th, 2)];
+        }"""
+    )
+    assert named == [["a", "b"], ["b"], ["a", "b"], ["a", "b"]]
+
+
 def test_upload_two_files_shows_a_row_each(
     page: Page, audio: dict[str, Path], models: dict[str, Any], artifacts_dir: Path
 ) -> None:

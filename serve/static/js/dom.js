@@ -16,6 +16,7 @@ export const el = {
   threshold: $("#threshold"),
   thresholdValue: $("#threshold-value"),
   thresholdFieldset: document.querySelector(".threshold-fieldset"),
+  capNote: $("#cap-note"),
   status: $("#status"),
   table: $("#results-table"),
   timelines: $("#timelines"),
@@ -39,6 +40,7 @@ export const state = {
   specWeights: {}, // member -> weight (normalised to sum 1)
   weights: {}, // member -> weight currently chosen
   specThresholds: {}, // code -> threshold
+  maxInstruments: null, // the spec's cap on the instruments named per file (null: none)
   limits: {}, // optional: max_files, max_upload_bytes, max_seconds
   thresholdMode: "tuned", // "tuned" (spec per-class) | "global"
   threshold: 0.5,

@@ -62,6 +62,15 @@ function refuse(r, weights, labels, aggregation, windowS) {
   };
 }
 
+/** The labels named: score >= threshold, then at most `cap` of them, the highest scores (ml.metrics.decide). */
+export function namedLabels(labels, scores, thresholds, cap) {
+  const passing = labels.filter((c) => scores[c] >= thresholds[c]);
+  if (!Number.isInteger(cap) || cap < 1 || passing.length <= cap) return passing;
+  // stable sort: equal scores keep label order, as the server's argsort does
+  const kept = new Set([...passing].sort((a, b) => scores[b] - scores[a]).slice(0, cap));
+  return passing.filter((c) => kept.has(c));
+}
+
 function currentThresholds(labels, tuned) {
   if (state.thresholdMode === "global") return Object.fromEntries(labels.map((c) => [c, state.threshold]));
   return { ...tuned };
@@ -76,13 +85,14 @@ export function buildView(d) {
   if (reweighed && !(d.results || []).every((r) => r.error || r.windows)) return null;
   const thresholds = currentThresholds(labels, d.thresholds || state.specThresholds);
   const asAnswered = !reweighed && state.thresholdMode === "tuned";
+  const cap = Number.isInteger(d.max_instruments) ? d.max_instruments : state.maxInstruments;
   const results = (d.results || []).map((r) => {
     if (r.error) return { file: r.file, error: r.error };
     const fused = reweighed
       ? refuse(r, weights, labels, info.aggregation || d.aggregation, Number(info.window_s))
       : { scores: r.scores, segments: r.segments };
     const instruments = asAnswered ? r.instruments
-      : (r.silent ? [] : labels.filter((c) => fused.scores[c] >= thresholds[c]));
+      : (r.silent ? [] : namedLabels(labels, fused.scores, thresholds, cap));
     return {
       file: r.file, duration_s: r.duration_s, scores: fused.scores, instruments, silent: Boolean(r.silent),
       segments: fused.segments,
@@ -92,6 +102,7 @@ export function buildView(d) {
     labels,
     weights: Object.fromEntries(Object.entries(weights).map(([m, w]) => [m, round(w, 6)])),
     thresholds,
+    max_instruments: cap ?? null,
     aggregation: d.aggregation,
     ensemble: d.ensemble,
     model: d.model ?? null,

@@ -69,6 +69,11 @@ export async function loadModels() {
   state.labels = norm.labels;
   state.labelName = Object.fromEntries(norm.labels.map((l) => [l.code, l.name]));
   state.specThresholds = norm.thresholds;
+  state.maxInstruments = Number.isInteger(info.max_instruments) ? info.max_instruments : null;
+  const cap = state.maxInstruments;
+  el.capNote.hidden = cap === null;
+  el.capNote.textContent = cap === null ? ""
+    : `At most ${cap} instrument${cap === 1 ? " is" : "s are"} named per file: the highest scores among those that reach their thresholds.`;
   state.specWeights = norm.weights;
   state.weights = { ...norm.weights };
   state.limits = norm.limits;
