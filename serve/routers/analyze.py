@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, File, Form, HTTPException, Query, UploadFile, status
@@ -242,10 +243,5 @@ async def analyze_multi(
     settings = multi_model_settings(cfg, fusion, weights=w, threshold=threshold)
     want_windows = bool(windows_query or windows_form)
     if want_windows:  # score every served member: the client may raise a weight from 0 later
-        settings = RunSettings(
-            {m: settings.weights.get(m, 0.0) for m in members},
-            settings.thresholds,
-            settings.aggregation,
-            settings.model,
-        )
+        settings = replace(settings, weights={m: settings.weights.get(m, 0.0) for m in members})
     return await _run(state, uploads, settings, fusion, format_query or format_form, windows=want_windows)

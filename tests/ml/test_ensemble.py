@@ -42,9 +42,11 @@ def test_the_cap_round_trips_and_older_specs_have_none(smoke_cfg: Config) -> Non
 
 
 def test_the_config_cap_reaches_the_default_spec_and_bad_values_fail_with_their_path() -> None:
-    cfg = load_config(profile="smoke", overrides=["fusion.max_instruments=3"])
-    assert default_spec(cfg).max_instruments == 3
-    assert default_spec(load_config(profile="smoke")).max_instruments is None
+    assert default_spec(load_config(profile="smoke")).max_instruments == 3  # config.yml's default
+    cfg = load_config(profile="smoke", overrides=["fusion.max_instruments=2"])
+    assert default_spec(cfg).max_instruments == 2
+    off = load_config(profile="smoke", overrides=["fusion.max_instruments=null"])
+    assert default_spec(off).max_instruments is None
     with pytest.raises(ConfigError, match=r"fusion\.max_instruments"):
         load_config(profile="smoke", overrides=["fusion.max_instruments=0"])
 

@@ -144,8 +144,10 @@ def test_multi_model_matches_in_process_ensemble(
     assert [x["file"] for x in body["results"]] == ["stereo.wav", "tones.flac", "clip.mp3", "short.wav"]
     spec = default_spec(api_cfg)
     ref = EnsemblePredictor(
-        local_backend.predictors, spec.weights, spec.thresholds, spec.aggregation, cfg=api_cfg
+        local_backend.predictors, spec.weights, spec.thresholds, spec.aggregation, cfg=api_cfg, spec=spec
     )
+    cap = body["max_instruments"]
+    assert cap == spec.max_instruments
     expected = ref.predict(
         [(p.name, p.read_bytes()) for p in (audio_files[k] for k in ("wav", "flac", "mp3", "short"))]
     )
@@ -155,7 +157,10 @@ def test_multi_model_matches_in_process_ensemble(
         assert got["scores"] == pytest.approx(e["scores"], abs=2e-4)
         assert len(got["segments"]) == len(e["segments"]) >= 1
         assert [s["start_s"] for s in got["segments"]] == [s["start_s"] for s in e["segments"]]
-        assert got["instruments"] == [c for c in api_cfg.label_codes if got["scores"][c] >= 0.5]
+        assert got["instruments"] == e["instruments"]
+        passing = [c for c in api_cfg.label_codes if got["scores"][c] >= 0.5]
+        assert set(got["instruments"]) <= set(passing)  # the cap names the highest of those, no other
+        assert len(got["instruments"]) == min(len(passing), cap or len(passing))
         assert got["silent"] is False
     # segments: 1-s windows every hop_s, the last aligned to the end
     flac = by_file(body)["tones.flac"]

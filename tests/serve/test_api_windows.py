@@ -40,6 +40,10 @@ def refuse(body: dict[str, Any], weights: dict[str, float], thresholds: dict[str
         scores = sum(w / total * aggregate(wins[m], agg) for m, w in used.items())
         segs = sum(w / total * wins[m] for m, w in used.items())
         inst = [] if r["silent"] else [c for c, s in zip(labels, scores, strict=True) if s >= thresholds[c]]
+        cap = body.get("max_instruments")
+        if cap is not None and len(inst) > cap:  # the highest scores of those over their thresholds
+            top = set(sorted(inst, key=lambda c: -scores[labels.index(c)])[:cap])
+            inst = [c for c in inst if c in top]
         out.append((dict(zip(labels, scores, strict=True)), inst, segs))
     return out
 

@@ -622,14 +622,25 @@ def test_weight_slider_reweighs_in_the_browser_without_a_request(
             assert shown[r["file"]] == pytest.approx(r["scores"], abs=1e-4)
         assert shown_instruments(page) == {r["file"]: r["instruments"] for r in want["results"]}
         expect(page.get_by_test_id("answered-by")).to_contain_text("re-weighed in this browser")
-    # The global threshold is applied here too: chips are the labels whose shown score reaches it.
+    # The global threshold is applied here too: chips are the labels whose shown score reaches it, at most
+    # the spec's max_instruments of them (the highest scores).
+    with urllib.request.urlopen(local_url + "/models", timeout=30) as resp:
+        cap = json.load(resp).get("max_instruments") or 0
     for thr in (0.01, 0.99):
         page.fill("#threshold", str(thr))
         page.wait_for_function(
-            "thr => [...document.querySelectorAll('#results-table tbody tr.result-row')].every(r =>"
-            " [...r.querySelectorAll('td.score')].every(td => td.classList.contains('hit') ==="
-            " (r.dataset.status === 'ok' && Number(td.dataset.score) >= thr)))",
-            arg=thr,
+            """([thr, cap]) => [...document.querySelectorAll('#results-table tbody tr.result-row')]
+               .every(r => {
+                 const tds = [...r.querySelectorAll('td.score')];
+                 const score = (td) => Number(td.dataset.score);
+                 const pass = r.dataset.status === 'ok' ? tds.filter((td) => score(td) >= thr) : [];
+                 const hits = tds.filter((td) => td.classList.contains('hit'));
+                 const lowestHit = Math.min(...hits.map(score));
+                 return hits.length === (cap ? Math.min(cap, pass.length) : pass.length)
+                   && hits.every((td) => pass.includes(td))
+                   && pass.every((td) => hits.includes(td) || score(td) <= lowestHit);
+               })""",
+            arg=[thr, cap],
         )
         expect(page.locator("#results-table thead tr.thresholds-row th.label-col").first).to_have_text(
             f"≥ {thr:.2f}"
