@@ -397,12 +397,11 @@ class Mixup(Augmentation):
         idx = pick.nonzero().squeeze(1)
         if idx.numel() == 0:
             return batch
-        x, part, w = batch.wave[idx], batch.wave[partner[idx]], lam[idx, None]
-        rms = _rms(x)
-        # the partner at the primary's RMS first, so λ is the share of the mix's level, not of raw amplitudes
-        part = part * (rms / _rms(part).clamp_min(_EPS))
-        mixed = w * x + (1.0 - w) * part
-        mixed = mixed * (rms / _rms(mixed).clamp_min(_EPS))
+        w = lam[idx, None]
+        # λ·x + (1 − λ)·partner at equal RMS is the shared overlay with the partner (1 − λ)/λ below the
+        # primary (λ = 1 gives −inf dB: a zero gain), rescaled to the primary's RMS
+        level_db = 20.0 * torch.log10((1.0 - w) / w)
+        mixed = _overlay(batch.wave[idx], batch.wave[partner[idx]][:, None, :], level_db)
         return _write_back(batch, idx, mixed, w * batch.target[idx] + (1.0 - w) * batch.target[partner[idx]])
 
 
