@@ -158,15 +158,7 @@ def evaluate(
     sources = [(str(p), p) for p in paths]
 
     def run(settings: Any) -> tuple[np.ndarray, list[float]]:
-        results = analyze_sources(
-            cfg,
-            backend,
-            sources,
-            weights=settings.weights,
-            thresholds=settings.thresholds,
-            aggregation=settings.aggregation,
-            max_instruments=settings.max_instruments,
-        )
+        results = analyze_sources(cfg, backend, sources, settings=settings)
         bad = [f"{r.file}: {r.error}" for r in results if r.error is not None]
         if bad:
             raise ValueError(f"{len(bad)} test excerpt(s) could not be analysed: {bad[:5]}")

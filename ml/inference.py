@@ -444,17 +444,15 @@ class EnsemblePredictor:
         """Predict named sources (path or bytes); a failing file gets an error result, the rest still run."""
         if self.cfg is None:
             raise ValueError("EnsemblePredictor.predict needs the config it runs with (see load_ensemble)")
-        from ml.service import LocalBackend, analyze_sources
+        from ml.service import LocalBackend, RunSettings, analyze_sources
 
-        return analyze_sources(
-            self.cfg,
-            LocalBackend(self.predictors),
-            sources,
-            weights=dict(self.weights if weights is None else weights),
-            thresholds=[float(t) for t in self.thresholds],
-            aggregation=self.aggregation,
+        settings = RunSettings(
+            dict(self.weights if weights is None else weights),
+            tuple(float(t) for t in self.thresholds),
+            self.aggregation,
             max_instruments=self.max_instruments,
         )
+        return analyze_sources(self.cfg, LocalBackend(self.predictors), sources, settings=settings)
 
 
 def select_checkpoints(paths: Sequence[Path], fold_models: str) -> list[Path]:

@@ -60,10 +60,7 @@ def tag(
             cfg,
             backend,
             ((str(f), Path(f)) for f in files),
-            weights=settings.weights,
-            thresholds=settings.thresholds,
-            aggregation=settings.aggregation,
-            max_instruments=settings.max_instruments,
+            settings=settings,
             chunk=chunk,
         ):
             sink(part)

@@ -188,18 +188,7 @@ class BatchScorer:
 
         from ml.service import score_decoded
 
-        s = self.settings
-        return asyncio.run(
-            score_decoded(
-                self.cfg,
-                self.backend,
-                decoded,
-                weights=s.weights,
-                thresholds=s.thresholds,
-                aggregation=s.aggregation,
-                max_instruments=s.max_instruments,
-            )
-        )
+        return asyncio.run(score_decoded(self.cfg, self.backend, decoded, settings=self.settings))
 
     def _decoded(self, batch: Mapping[str, Any], i: int) -> Any:
         import numpy as np

@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +24,7 @@ from ml.config import Config
 from ml.inference import FileResult, build_result, fuse_windows, window_starts
 from ml.service.backend import Backend, MemberUnavailableError, Song
 from ml.service.fusion import WeightsError
+from ml.service.settings import RunSettings
 
 log = logging.getLogger("mpic.service")
 
@@ -115,10 +116,7 @@ async def analyze(
     backend: Backend,
     uploads: Sequence[tuple[str, bytes]],
     *,
-    weights: Mapping[str, float],
-    thresholds: Sequence[float],
-    aggregation: str,
-    max_instruments: int | None = None,
+    settings: RunSettings,
 ) -> list[FileResult]:
     """Decode, window, score with every positively weighted member concurrently, fuse (see module doc).
 
@@ -129,10 +127,7 @@ async def analyze(
         cfg,
         backend,
         uploads,
-        weights=weights,
-        thresholds=thresholds,
-        aggregation=aggregation,
-        max_instruments=max_instruments,
+        settings=settings,
     )
     return [f.result for f in files]
 
@@ -142,10 +137,7 @@ async def analyze_files(
     backend: Backend,
     uploads: Sequence[tuple[str, bytes]],
     *,
-    weights: Mapping[str, float],
-    thresholds: Sequence[float],
-    aggregation: str,
-    max_instruments: int | None = None,
+    settings: RunSettings,
     also_score: Collection[str] = (),
 ) -> list[AnalyzedFile]:
     """:func:`analyze`, also returning every member's per-window scores.
@@ -155,11 +147,9 @@ async def analyze_files(
         backend: Scores the members; its optional ``observer`` (:class:`AnalysisObserver`) is told of
             every decode and of the results.
         uploads: ``(name, bytes)`` of each file.
-        weights: Member → fusion weight; members with a positive weight are scored and fused.
-        thresholds: Per-class thresholds (label order).
-        max_instruments: At most this many instruments named per file (``None``: every one over its
-            threshold; see :func:`ml.metrics.decide`).
-        aggregation: Window aggregation of the fused file scores.
+        settings: What the files run with (:class:`~ml.service.settings.RunSettings`): members with a
+            positive weight are scored and fused with its window aggregation, then its per-class
+            thresholds and cap on the instruments named per file (:func:`ml.metrics.decide`) decide.
         also_score: Served members to score as well although their weight is 0 (their window scores are
             returned, not fused), so a client can re-weigh without sending the audio again.
 
@@ -167,7 +157,7 @@ async def analyze_files(
         ScoringError: A backend call failed.
         WeightsError: No served member has a positive weight, or ``also_score`` names one not served.
     """
-    if not any(weights.get(m, 0.0) > 0 for m in backend.members):
+    if not any(settings.weights.get(m, 0.0) > 0 for m in backend.members):
         raise WeightsError("no served member has a positive weight")
     observer: AnalysisObserver | None = getattr(backend, "observer", None)
 
@@ -183,10 +173,7 @@ async def analyze_files(
         cfg,
         backend,
         [d for d, _ in timed],
-        weights=weights,
-        thresholds=thresholds,
-        aggregation=aggregation,
-        max_instruments=max_instruments,
+        settings=settings,
         also_score=also_score,
     )
     if observer is not None:
@@ -199,10 +186,7 @@ async def score_decoded(
     backend: Backend,
     decoded: Sequence[Decoded],
     *,
-    weights: Mapping[str, float],
-    thresholds: Sequence[float],
-    aggregation: str,
-    max_instruments: int | None = None,
+    settings: RunSettings,
 ) -> list[FileResult]:
     """Score decoded files with every positively weighted member concurrently and fuse, in input order.
 
@@ -216,10 +200,7 @@ async def score_decoded(
         cfg,
         backend,
         decoded,
-        weights=weights,
-        thresholds=thresholds,
-        aggregation=aggregation,
-        max_instruments=max_instruments,
+        settings=settings,
     )
     return [f.result for f in files]
 
@@ -229,10 +210,7 @@ async def score_decoded_files(
     backend: Backend,
     decoded: Sequence[Decoded],
     *,
-    weights: Mapping[str, float],
-    thresholds: Sequence[float],
-    aggregation: str,
-    max_instruments: int | None = None,
+    settings: RunSettings,
     also_score: Collection[str] = (),
 ) -> list[AnalyzedFile]:
     """:func:`score_decoded` with every scored member's per-window scores (see :func:`analyze_files`).
@@ -241,7 +219,7 @@ async def score_decoded_files(
         ScoringError: A backend call failed.
         WeightsError: No served member has a positive weight, or ``also_score`` names one not served.
     """
-    active = [m for m in backend.members if weights.get(m, 0.0) > 0]
+    active = [m for m in backend.members if settings.weights.get(m, 0.0) > 0]
     if not active:
         raise WeightsError("no served member has a positive weight")
     unknown = sorted(set(also_score) - set(backend.members))
@@ -285,7 +263,7 @@ async def score_decoded_files(
             continue
         member_scores = per_file[id(d)]
         fused_in = {m: member_scores[m] for m in active}
-        file_scores, fused = fuse_windows(fused_in, weights, aggregation)
+        file_scores, fused = fuse_windows(fused_in, settings.weights, settings.aggregation)
         result = build_result(
             d.name,
             d.audio,
@@ -293,9 +271,9 @@ async def score_decoded_files(
             fused,
             d.song.starts_s,
             cfg.label_codes,
-            thresholds,
+            settings.thresholds,
             inf.window_s,
-            max_instruments=max_instruments,
+            max_instruments=settings.max_instruments,
         )
         files.append(AnalyzedFile(result, d.song.starts_s, member_scores))
     return files
@@ -315,10 +293,7 @@ def analyze_stream(
     backend: Backend,
     sources: Iterable[tuple[str, Any]],
     *,
-    weights: Mapping[str, float],
-    thresholds: Sequence[float],
-    aggregation: str,
-    max_instruments: int | None = None,
+    settings: RunSettings,
     chunk: int = 16,
 ) -> Iterator[list[FileResult]]:
     """:func:`analyze` over an iterable of ``(name, path or bytes)``, ``chunk`` files at a time.
@@ -347,10 +322,7 @@ def analyze_stream(
                     cfg,
                     backend,
                     uploads,
-                    weights=weights,
-                    thresholds=thresholds,
-                    aggregation=aggregation,
-                    max_instruments=max_instruments,
+                    settings=settings,
                 )
             )
             for i, r in zip(where, out, strict=True):
@@ -363,10 +335,7 @@ def analyze_sources(
     backend: Backend,
     sources: Sequence[tuple[str, Any]],
     *,
-    weights: Mapping[str, float],
-    thresholds: Sequence[float],
-    aggregation: str,
-    max_instruments: int | None = None,
+    settings: RunSettings,
     chunk: int = 16,
 ) -> list[FileResult]:
     """:func:`analyze` for callers without an event loop (CLI, evaluation, batch jobs).
@@ -381,10 +350,7 @@ def analyze_sources(
             cfg,
             backend,
             sources,
-            weights=weights,
-            thresholds=thresholds,
-            aggregation=aggregation,
-            max_instruments=max_instruments,
+            settings=settings,
             chunk=chunk,
         )
         for r in part

@@ -29,7 +29,7 @@ from ml.inference import (
     fuse_windows,
     window_starts,
 )
-from ml.service import LocalBackend, Song, analyze
+from ml.service import LocalBackend, RunSettings, Song, analyze
 
 TOL = 1e-4
 
@@ -120,9 +120,7 @@ def test_analyze_matches_the_pre_rework_pipeline(cfg: Config, uploads: list[tupl
             cfg,
             backend,
             uploads,
-            weights=dict.fromkeys(backend.members, 1.0),
-            thresholds=[0.5] * len(cfg.labels),
-            aggregation="mean",
+            settings=RunSettings(dict.fromkeys(backend.members, 1.0), (0.5,) * len(cfg.labels), "mean"),
         )
     )
     assert backend.batches == len(backend.members)  # all five songs in one batch per member

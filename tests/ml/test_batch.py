@@ -17,7 +17,7 @@ import soundfile as sf
 from ml import batch
 from ml.config import Config, load_config
 from ml.inference import FileResult
-from ml.service import Song, analyze_stream
+from ml.service import RunSettings, Song, analyze_stream
 
 ROOT = Path(__file__).resolve().parents[2]
 LABELS = ["cel", "gac", "voi"]
@@ -207,10 +207,8 @@ def test_analyze_stream_yields_each_chunk_before_reading_the_next(cfg: Config, t
             yield f"s{i}.wav", wav
 
     backend = CountingBackend(["m"], len(cfg.labels))
-    th = [0.5] * len(cfg.labels)
-    stream = analyze_stream(
-        cfg, backend, sources(), weights={"m": 1.0}, thresholds=th, aggregation="mean", chunk=4
-    )
+    settings = RunSettings({"m": 1.0}, (0.5,) * len(cfg.labels), "mean")
+    stream = analyze_stream(cfg, backend, sources(), settings=settings, chunk=4)
     first = next(stream)
     assert [r.file for r in first] == ["s0.wav", "s1.wav", "s2.wav", "s3.wav"]
     assert len(read) <= 5  # the rest of the library is not even opened yet

@@ -160,14 +160,7 @@ def test_scores_are_mpic_predicts(
     spec = load_spec(cfg)
     backend = LocalBackend.from_config(cfg, spec=spec, allow_untrained=True)
     settings = multi_model_settings(cfg, fusion_from_spec(cfg, spec, backend.members))
-    exact = analyze_sources(
-        cfg,
-        backend,
-        [(n, Path(n)) for n in sorted(job)],
-        weights=settings.weights,
-        thresholds=settings.thresholds,
-        aggregation=settings.aggregation,
-    )
+    exact = analyze_sources(cfg, backend, [(n, Path(n)) for n in sorted(job)], settings=settings)
     for res in exact:
         if res.error is None:
             assert max(abs(job[res.file][c] - res.scores[c]) for c in labels) <= 1e-5, res.file
