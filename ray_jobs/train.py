@@ -12,7 +12,9 @@ the worker loop, the driver state machine, publishing to ``runs_dir``, MLflow an
 
 * Each Tune trial is a *function trainable* (:func:`run_trial`) that builds and fits a
   :class:`ray.train.torch.TorchTrainer` (the Train V2 pattern). Per-epoch metrics flow to Tune through
-  :class:`ray.tune.integration.ray_train.TuneReportCallback`; a driver-side Tune callback hands them to
+  a Train ``UserCallback`` whose reports the trial thread passes on with ``tune.report``
+  (:func:`fit_reporting`; Ray's ``TuneReportCallback`` can deadlock the trial, see docs/reliability.md);
+  a driver-side Tune callback hands them to
   :class:`ml.jobs.driver.TrainJob` (which logs them to the fold's MLflow run as they come) and, as soon
   as a trial completes, publishes its files and completes its MLflow run.
 * Each Train worker runs :func:`ml.jobs.worker.fit_fold` over :class:`RayRuntime`
@@ -132,11 +134,77 @@ class TrialSettings:
     fault: FaultInjection | None
 
 
+# How often the trial thread looks for the next Train report while the trainer runs (seconds).
+REPORT_POLL_S = 0.5
+
+
+def _trial_reporter() -> Any:
+    """A Train V2 ``UserCallback`` that queues every report (metrics + checkpoint path) for the trial thread.
+
+    Ray's own ``TuneReportCallback`` hands reports to the trial actor's *main* thread, which forwards them
+    into the session's one-slot result queue. In Ray 2.60 that can deadlock: when ``trainer.fit()``
+    returns before the main thread has taken the fold's last report, the function wrapper reports its
+    end-of-function marker into that queue first, and the main thread then blocks behind the one item only
+    it can consume (docs/reliability.md). Here the trial thread itself reports each item with
+    ``tune.report``, the ordinary function-trainable path, and returns only once every report is through.
+    """
+    from ray.train import UserCallback
+    from ray.util.queue import Queue
+
+    class TrialReporter(UserCallback):
+        def __init__(self) -> None:
+            self.queue = Queue(actor_options={"num_cpus": 0})
+
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            item = dict(metrics[0])  # rank 0's metrics, as TuneReportCallback does
+            if checkpoint:  # uploaded already: pass its path, as TuneReportCallback does
+                item[driver.CHECKPOINT_PATH_KEY] = checkpoint.path
+            self.queue.put(item)
+
+    return TrialReporter()
+
+
+def fit_reporting(trainer: Any, reporter: Any, report: Callable[[dict[str, Any]], None]) -> None:
+    """Run ``trainer.fit()`` in a helper thread while this (the trial) thread passes its results on.
+
+    Returns after ``fit`` has ended *and* every report it queued has been passed on; re-raises what
+    ``fit`` raised. All of ``fit``'s reports are queued before it returns (the controller calls the
+    callback first), so an empty queue after that means none is left.
+    """
+    import queue as queue_mod
+    import threading
+
+    from ray.util.queue import Empty
+
+    failure: queue_mod.SimpleQueue[BaseException] = queue_mod.SimpleQueue()
+    done = threading.Event()
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as e:  # handed to the trial thread, which raises it
+            failure.put(e)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=fit, name="mpic-trainer-fit", daemon=True)
+    thread.start()
+    while True:
+        try:
+            report(reporter.queue.get(timeout=REPORT_POLL_S))
+        except Empty:
+            if done.is_set() and reporter.queue.empty():
+                break
+    thread.join()
+    if not failure.empty():
+        raise failure.get()
+
+
 def run_trial(config: dict[str, Any], cfg: Config, settings: TrialSettings) -> None:
     """Tune function trainable: build and fit the TorchTrainer of one (member, fold)."""
+    from ray import tune
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     member, fold = str(config["trial"]["member"]), int(config["trial"]["fold"])
     tc = cfg.member_train(member)
@@ -145,6 +213,7 @@ def run_trial(config: dict[str, Any], cfg: Config, settings: TrialSettings) -> N
     if use_gpu:
         per_worker["GPU"] = tc.gpus_per_trial
     key = settings.fold_keys[member]
+    reporter = _trial_reporter()
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
@@ -164,12 +233,12 @@ def run_trial(config: dict[str, Any], cfg: Config, settings: TrialSettings) -> N
             storage_path=str(cfg.ray.storage_path),
             failure_config=FailureConfig(max_failures=tc.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=[TuneReportCallback()],  # type: ignore[list-item]  # a Train V2 UserCallback
+            callbacks=[reporter],
             # a Train V2 RunConfig field (mypy resolves ray.train.RunConfig to the V1 class)
             worker_runtime_env={"env_vars": dict(WORKER_ENV_VARS)},  # type: ignore[call-arg]
         ),
     )
-    trainer.fit()
+    fit_reporting(trainer, reporter, tune.report)
 
 
 def _trial_key(trial: Any) -> tuple[str, int]:

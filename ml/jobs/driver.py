@@ -33,6 +33,8 @@ from ml.oof import OOF_FILE
 log = logging.getLogger(__name__)
 
 SUMMARY_KEYS = ("val_micro_f1", "val_macro_f1", "val_lrap", "val_loss")
+CHECKPOINT_PATH_KEY = "checkpoint_path"
+"""The result key naming the uploaded checkpoint of a report (Ray's own Tune bridge uses the same name)."""
 # What a Ray Tune result adds to the metrics a worker reports: bookkeeping, not learning curves.
 RUNNER_KEYS = frozenset(
     {
@@ -46,7 +48,7 @@ RUNNER_KEYS = frozenset(
         "done",
         "final",
         "resumed",
-        "checkpoint_path",
+        CHECKPOINT_PATH_KEY,
         "checkpoint_dir_name",
         "should_checkpoint",
         "node_ip",
@@ -138,7 +140,7 @@ class TrainJob:
         member, fold = key
         if key in self.outcomes and self.outcomes[key].status != "failed":
             return self.outcomes[key]
-        path = (result or {}).get("checkpoint_path")
+        path = (result or {}).get(CHECKPOINT_PATH_KEY)
         if not path or not (result or {}).get("final"):
             return self.fail(key, f"trial ended without a final checkpoint (last result: {result})")
         with tempfile.TemporaryDirectory(prefix="mpic-final-") as tmp:
