@@ -171,21 +171,17 @@ def fit_reporting(trainer: Any, reporter: Any, report: Callable[[dict[str, Any]]
     ``fit`` raised. All of ``fit``'s reports are queued before it returns (the controller calls the
     callback first), so an empty queue after that means none is left.
     """
-    import queue as queue_mod
     import threading
 
     from ray.util.queue import Empty
 
-    failure: queue_mod.SimpleQueue[BaseException] = queue_mod.SimpleQueue()
-    done = threading.Event()
+    failure: list[BaseException] = []
 
     def fit() -> None:
         try:
             trainer.fit()
         except BaseException as e:  # handed to the trial thread, which raises it
-            failure.put(e)
-        finally:
-            done.set()
+            failure.append(e)
 
     thread = threading.Thread(target=fit, name="mpic-trainer-fit", daemon=True)
     thread.start()
@@ -193,11 +189,11 @@ def fit_reporting(trainer: Any, reporter: Any, report: Callable[[dict[str, Any]]
         try:
             report(reporter.queue.get(timeout=REPORT_POLL_S))
         except Empty:
-            if done.is_set() and reporter.queue.empty():
+            if not thread.is_alive() and reporter.queue.empty():
                 break
     thread.join()
-    if not failure.empty():
-        raise failure.get()
+    if failure:
+        raise failure[0]
 
 
 def run_trial(config: dict[str, Any], cfg: Config, settings: TrialSettings) -> None:
