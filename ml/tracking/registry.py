@@ -12,9 +12,15 @@
   (:func:`attach_evaluation`).
 
 Champion rule (:func:`promote`): the alias ``cfg.mlflow.alias`` moves to a new version when its score
-(mean validation macro-F1 over folds for members, the fusion objective for ensemble specs) is not worse
-than the score of the version the alias points at now (ties move the alias to the newer version); a
-version without a score never takes the alias from one with a score. The first version always gets it.
+is not worse than the score of the version the alias points at now (ties move the alias to the newer
+version); a version without a score never takes the alias from one with a score. The first version always
+gets it. The score of a member is its mean validation LRAP over folds (:data:`MEMBER_SCORE`: it needs no
+decision threshold, while the per-epoch validation F1s use the one fixed threshold and the per-class
+thresholds are only fitted by the fusion step — on folds that hold out an unheard library those F1s sit
+near 0); the score of an ensemble spec is the fusion objective on the out-of-fold predictions. Every
+version records what its score measures (``TAG_SCORE_METRIC``); scores on different metrics are not
+compared: the newer version takes the alias, with a warning (this happens once, when a namespace registered
+under an older rule or another fusion objective gets its first version under the current one).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from ml.tracking.store import (
     TAG_MEMBER,
     TAG_MODEL_SHA,
     TAG_SCORE,
+    TAG_SCORE_METRIC,
     TAG_SPEC_SHA,
     client,
     file_sha256,
@@ -66,6 +73,9 @@ from ml.tracking.store import (
 
 log = logging.getLogger(__name__)
 
+MEMBER_SCORE = "val_lrap"
+"""The per-fold validation metric whose mean over folds scores a member version (higher is better)."""
+
 
 @dataclass(frozen=True)
 class Registration:
@@ -77,6 +87,12 @@ class Registration:
     score: float | None
     champion: bool
     created: bool
+
+
+def _metric_of(version: Any) -> str | None:
+    """What the version's score measures; None for versions registered before it was recorded."""
+    metric = version.tags.get(TAG_SCORE_METRIC)
+    return str(metric) if metric else None
 
 
 def _score_of(version: Any) -> float | None:
@@ -114,21 +130,50 @@ def champion_version(cfg: Config, name: str) -> Any | None:
         return None
 
 
-def promote(cfg: Config, name: str, version: str, score: float | None) -> bool:
-    """Apply the champion rule (see the module doc) to ``version``; True if the alias points at it after."""
+def promote(cfg: Config, name: str, version: str, score: float | None, metric: str | None = None) -> bool:
+    """Apply the champion rule (see the module doc) to ``version``; True if the alias points at it after.
+
+    Args:
+        cfg: Project configuration (registry, alias).
+        name: Registered model name.
+        version: The candidate version.
+        score: Its score (higher is better), or None.
+        metric: What ``score`` measures (``TAG_SCORE_METRIC``); compared with the current champion's.
+    """
     current = champion_version(cfg, name)
     if current is not None and str(current.version) == str(version):
         return True
     if current is not None:
         cur = _score_of(current)
-        if cur is not None and (score is None or score < cur):
-            return False
+        if cur is not None:
+            if score is None:
+                return False
+            if _metric_of(current) == metric:
+                if score < cur:
+                    return False
+            else:
+                log.warning(
+                    "%s: version %s scores %s, champion version %s scores %s; not comparable, so the newer "
+                    "version takes the alias %r",
+                    name,
+                    version,
+                    metric or "an unrecorded metric",
+                    current.version,
+                    _metric_of(current) or "an unrecorded metric",
+                    cfg.mlflow.alias,
+                )
     client(cfg).set_registered_model_alias(name, cfg.mlflow.alias, str(version))
     return True
 
 
 def _register(
-    cfg: Config, name: str, run_id: str, artifact: str, tags: Mapping[str, str], score: float | None
+    cfg: Config,
+    name: str,
+    run_id: str,
+    artifact: str,
+    tags: Mapping[str, str],
+    score: float | None,
+    metric: str,
 ) -> str:
     _ensure_registered_model(cfg, name)
     c = client(cfg)
@@ -136,7 +181,7 @@ def _register(
         name,
         f"runs:/{run_id}/{artifact}",
         run_id=run_id,
-        tags={**tags, TAG_SCORE: "nan" if score is None else repr(float(score))},
+        tags={**tags, TAG_SCORE: "nan" if score is None else repr(float(score)), TAG_SCORE_METRIC: metric},
     )
     return str(mv.version)
 
@@ -165,13 +210,14 @@ def register_member(
     name = registered_model_name(cfg, member)
     fold_runs = ",".join(f"{k}:{folds[k][0]}" for k in sorted(folds))
     fold_shas = fold_shas_tag({k: file_sha256(folds[k][1]) for k in folds})
-    scores = [float(v[2]["val_macro_f1"]) for v in folds.values() if "val_macro_f1" in v[2]]
+    scores = [float(v[2][MEMBER_SCORE]) for v in folds.values() if MEMBER_SCORE in v[2]]
     score = sum(scores) / len(scores) if len(scores) == len(folds) and scores else None
+    metric = f"mean_{MEMBER_SCORE}"
     for mv in model_versions(cfg, name):
         if mv.tags.get(TAG_FOLD_RUNS) == fold_runs:
             if TAG_FOLD_SHAS not in mv.tags:  # registered before the tag existed
                 client(cfg).set_model_version_tag(name, str(mv.version), TAG_FOLD_SHAS, fold_shas)
-            champ = promote(cfg, name, str(mv.version), _score_of(mv))
+            champ = promote(cfg, name, str(mv.version), _score_of(mv), _metric_of(mv))
             return Registration(name, str(mv.version), str(mv.run_id), _score_of(mv), champ, False)
     for run in search_runs(cfg, {TAG_KIND: KIND_MEMBER, TAG_MEMBER: member, TAG_FOLD_RUNS: fold_runs}):
         if run.info.status == "RUNNING":  # half-written registration of a killed job
@@ -218,13 +264,14 @@ def register_member(
                 **{k: repr(v) for k, v in mean.items()},
             },
             score,
+            metric,
         )
         client(cfg).set_tag(run_id, "mpic.registered_version", version)
     except BaseException:
         end_run(cfg, run_id, "FAILED")
         raise
     end_run(cfg, run_id, "FINISHED")
-    champ = promote(cfg, name, version, score)
+    champ = promote(cfg, name, version, score, metric)
     return Registration(name, version, run_id, score, champ, True)
 
 
@@ -359,9 +406,10 @@ def register_spec(
     name = spec_model_name(cfg)
     raw = metrics.get(cfg.fusion.objective, metrics.get("value", spec.value))
     score = float(raw) if raw is not None and math.isfinite(float(raw)) else None
+    metric = f"fusion_{cfg.fusion.objective}"
     for mv in model_versions(cfg, name):
         if mv.tags.get(TAG_SPEC_SHA) == sha:
-            champ = promote(cfg, name, str(mv.version), _score_of(mv))
+            champ = promote(cfg, name, str(mv.version), _score_of(mv), _metric_of(mv))
             return Registration(name, str(mv.version), str(mv.run_id), _score_of(mv), champ, False)
     own = run_id is None
     rid = run_id or start_run(
@@ -388,14 +436,14 @@ def register_spec(
         if evaluation is not None:
             tags.update(attach_evaluation(cfg, rid, evaluation))
         artifact = MODEL_ARTIFACT if _log_ensemble_model(cfg, rid, spec, sha) else SPEC_ARTIFACT
-        version = _register(cfg, name, rid, artifact, tags, score)
+        version = _register(cfg, name, rid, artifact, tags, score, metric)
     except BaseException:
         if own:
             end_run(cfg, rid, "FAILED")
         raise
     if own:
         end_run(cfg, rid, "FINISHED")
-    champ = promote(cfg, name, version, score)
+    champ = promote(cfg, name, version, score, metric)
     return Registration(name, version, rid, score, champ, True)
 
 

@@ -42,6 +42,7 @@ TAG_MODEL_SHA = "mpic.model_sha256"
 TAG_FOLD_RUNS = "mpic.fold_runs"
 TAG_FOLD_SHAS = "mpic.fold_sha256s"
 TAG_SCORE = "mpic.score"
+TAG_SCORE_METRIC = "mpic.score_metric"  # what TAG_SCORE measures; scores on other metrics are not compared
 TAG_SPEC_SHA = "mpic.spec_sha256"
 TAG_HOST = "mpic.host"
 TAG_PID = "mpic.pid"

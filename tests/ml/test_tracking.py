@@ -221,9 +221,10 @@ def test_register_member_champion_and_download(cfg: Config, tmp_path: Path) -> N
                 model_path=model,
                 oof_path=_oof(tmp_path, f"oof{seed}{k}.npz"),
                 history=HISTORY,
-                best={"val_macro_f1": s, "val_micro_f1": s},
+                best={"val_lrap": s, "val_macro_f1": 1 - s},
             )
-            folds[k] = (rid, model, {"val_macro_f1": s, "val_micro_f1": s})
+            # the F1 at the fixed threshold runs the other way: the rule must follow the LRAP only
+            folds[k] = (rid, model, {"val_lrap": s, "val_macro_f1": 1 - s, "val_micro_f1": 1 - s})
         return tracking.register_member(cfg, member, folds), folds
 
     v1, folds1 = version([0.4, 0.6], seed=0)
@@ -238,7 +239,9 @@ def test_register_member_champion_and_download(cfg: Config, tmp_path: Path) -> N
     assert (v3.version, v3.champion) == ("3", True)
     champ = tracking.champion_version(cfg, v3.name)
     assert champ is not None and str(champ.version) == "3"  # an int in MLflow 3
-    assert float(champ.tags["mean_val_macro_f1"]) == pytest.approx(0.5)
+    assert float(champ.tags["mean_val_lrap"]) == pytest.approx(0.5)
+    assert champ.tags[tracking.TAG_SCORE_METRIC] == "mean_val_lrap"
+    assert float(champ.tags[tracking.TAG_SCORE]) == pytest.approx(0.5)
 
     paths = tracking.download_member(cfg, member)  # champion
     assert [p.parent.name for p in paths] == ["fold0", "fold1"] and all(p.name == "model.pt" for p in paths)
@@ -264,6 +267,39 @@ def test_register_member_champion_and_download(cfg: Config, tmp_path: Path) -> N
     assert scores.shape == (3, len(cfg.labels)) and np.all((scores >= 0) & (scores <= 1))
 
 
+def test_scores_on_different_metrics_are_not_compared(
+    cfg: Config, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    member = "res_bpm"
+
+    def register(score: float, seed: int) -> tracking.Registration:
+        model = _checkpoint(cfg, member, 0, tmp_path, seed=seed)
+        rid, _ = tracking.log_fold(
+            cfg,
+            member=member,
+            fold=0,
+            fold_key=f"key{seed}",
+            model_path=model,
+            oof_path=_oof(tmp_path, f"oof-m{seed}.npz"),
+            history=HISTORY,
+            best={"val_lrap": score},
+        )
+        return tracking.register_member(cfg, member, {0: (rid, model, {"val_lrap": score})})
+
+    v1 = register(0.9, seed=0)
+    # as a version registered under the old rule looks: its score is a macro-F1 (or says nothing)
+    c = tracking.client(cfg)
+    c.set_model_version_tag(v1.name, v1.version, tracking.TAG_SCORE_METRIC, "mean_val_macro_f1")
+    with caplog.at_level("WARNING", logger="ml.tracking.registry"):
+        v2 = register(0.5, seed=1)  # a lower number, but on another scale: not compared
+    assert (v2.version, v2.champion) == ("2", True)
+    assert "not comparable" in caplog.text and "mean_val_macro_f1" in caplog.text
+    v3 = register(0.4, seed=2)  # the same metric as the champion now: compared, and worse
+    assert (v3.version, v3.champion) == ("3", False)
+    champ = tracking.champion_version(cfg, v1.name)
+    assert champ is not None and str(champ.version) == "2"
+
+
 def test_spec_registry_roundtrip(cfg: Config, tmp_path: Path) -> None:
     from ml.ensemble import default_spec
 
@@ -274,6 +310,8 @@ def test_spec_registry_roundtrip(cfg: Config, tmp_path: Path) -> None:
     p1.write_text(spec.to_json())
     r1 = tracking.register_spec(cfg, p1, {"macro_f1": 0.4})
     assert (r1.version, r1.champion, r1.created) == ("1", True, True)
+    mv1 = tracking.champion_version(cfg, r1.name)
+    assert mv1 is not None and mv1.tags[tracking.TAG_SCORE_METRIC] == f"fusion_{cfg.fusion.objective}"
     assert tracking.register_spec(cfg, p1, {"macro_f1": 0.4}).created is False
     spec.weights = {m: float(i + 1) for i, m in enumerate(spec.weights)}
     p2 = tmp_path / "spec-v2.json"

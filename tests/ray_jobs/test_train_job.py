@@ -147,7 +147,9 @@ def test_smoke_training_mlflow(smoke_training: tuple[Config, dict[str, Any], flo
         assert reg["registered"] and reg["champion"] and reg["version"] == "1"
         champ = tracking.champion_version(cfg, tracking.registered_model_name(cfg, m))
         assert champ is not None and str(champ.version) == "1"
-        assert float(champ.tags[tracking.TAG_SCORE]) == pytest.approx(summary["members"][m]["val_macro_f1"])
+        # members are scored by their mean validation LRAP (threshold-free), not the fixed-threshold F1
+        assert float(champ.tags[tracking.TAG_SCORE]) == pytest.approx(summary["members"][m]["val_lrap"])
+        assert champ.tags[tracking.TAG_SCORE_METRIC] == "mean_val_lrap"
         paths = tracking.download_member(cfg, m)
         assert [p.parent.name for p in paths] == ["fold0", "fold1"]
     assert summary["mlflow_ui"].startswith("http://127.0.0.1:5000/#/experiments/")
