@@ -206,26 +206,36 @@ def test_log_fold_is_idempotent(cfg: Config, tmp_path: Path, store: Path) -> Non
     assert len(finished) == 2
 
 
+def _register_scores(
+    cfg: Config, member: str, scores: list[float], seed: int, folder: Path
+) -> tuple[tracking.Registration, dict]:
+    """One fold run per score (best validation LRAP = the score), registered as a member version.
+
+    The F1 at the fixed threshold runs the other way (1 - score): the champion rule must follow the LRAP.
+    """
+    folds: dict = {}
+    for k, s in enumerate(scores):
+        model = _checkpoint(cfg, member, k, folder, seed=seed)
+        best = {"val_lrap": s, "val_macro_f1": 1 - s, "val_micro_f1": 1 - s}
+        rid, _ = tracking.log_fold(
+            cfg,
+            member=member,
+            fold=k,
+            fold_key=f"key{seed}",
+            model_path=model,
+            oof_path=_oof(folder, f"oof{seed}{k}.npz"),
+            history=HISTORY,
+            best=best,
+        )
+        folds[k] = (rid, model, best)
+    return tracking.register_member(cfg, member, folds), folds
+
+
 def test_register_member_champion_and_download(cfg: Config, tmp_path: Path) -> None:
     member = "res_bpm"
 
     def version(scores: list[float], seed: int) -> tuple[tracking.Registration, dict]:
-        folds: dict = {}
-        for k, s in enumerate(scores):
-            model = _checkpoint(cfg, member, k, tmp_path, seed=seed)
-            rid, _ = tracking.log_fold(
-                cfg,
-                member=member,
-                fold=k,
-                fold_key=f"key{seed}",
-                model_path=model,
-                oof_path=_oof(tmp_path, f"oof{seed}{k}.npz"),
-                history=HISTORY,
-                best={"val_lrap": s, "val_macro_f1": 1 - s},
-            )
-            # the F1 at the fixed threshold runs the other way: the rule must follow the LRAP only
-            folds[k] = (rid, model, {"val_lrap": s, "val_macro_f1": 1 - s, "val_micro_f1": 1 - s})
-        return tracking.register_member(cfg, member, folds), folds
+        return _register_scores(cfg, member, scores, seed, tmp_path)
 
     v1, folds1 = version([0.4, 0.6], seed=0)
     assert (v1.version, v1.created, v1.champion) == ("1", True, True) and v1.score == pytest.approx(0.5)
@@ -273,18 +283,7 @@ def test_scores_on_different_metrics_are_not_compared(
     member = "res_bpm"
 
     def register(score: float, seed: int) -> tracking.Registration:
-        model = _checkpoint(cfg, member, 0, tmp_path, seed=seed)
-        rid, _ = tracking.log_fold(
-            cfg,
-            member=member,
-            fold=0,
-            fold_key=f"key{seed}",
-            model_path=model,
-            oof_path=_oof(tmp_path, f"oof-m{seed}.npz"),
-            history=HISTORY,
-            best={"val_lrap": score},
-        )
-        return tracking.register_member(cfg, member, {0: (rid, model, {"val_lrap": score})})
+        return _register_scores(cfg, member, [score], seed, tmp_path)[0]
 
     v1 = register(0.9, seed=0)
     # as a version registered under the old rule looks: its score is a macro-F1 (or says nothing)
