@@ -141,28 +141,39 @@ def promote(cfg: Config, name: str, version: str, score: float | None, metric: s
         metric: What ``score`` measures (``TAG_SCORE_METRIC``); compared with the current champion's.
     """
     current = champion_version(cfg, name)
-    if current is not None and str(current.version) == str(version):
-        return True
-    if current is not None:
-        cur = _score_of(current)
-        if cur is not None:
-            if score is None:
-                return False
-            if _metric_of(current) == metric:
-                if score < cur:
-                    return False
-            else:
-                log.warning(
-                    "%s: version %s scores %s, champion version %s scores %s; not comparable, so the newer "
-                    "version takes the alias %r",
-                    name,
-                    version,
-                    metric or "an unrecorded metric",
-                    current.version,
-                    _metric_of(current) or "an unrecorded metric",
-                    cfg.mlflow.alias,
-                )
+    if current is not None and not _takes_alias_from(cfg, name, version, score, metric, current):
+        return False
     client(cfg).set_registered_model_alias(name, cfg.mlflow.alias, str(version))
+    return True
+
+
+def _takes_alias_from(
+    cfg: Config, name: str, version: str, score: float | None, metric: str | None, current: Any
+) -> bool:
+    """Whether ``version`` (scored ``score`` on ``metric``) takes the alias from the ``current`` champion."""
+    if str(current.version) == str(version):
+        return True
+    cur = _score_of(current)
+    if cur is None:
+        return True
+    if score is None:
+        return False
+    if _metric_of(current) == metric:
+        return score >= cur
+    # not comparable: only a newer version moves the alias (``promote`` also runs when an older version
+    # is registered again, which must not take the alias back from a newer champion)
+    if int(version) < int(current.version):
+        return False
+    log.warning(
+        "%s: version %s scores %s, champion version %s scores %s; not comparable, so the newer version takes "
+        "the alias %r",
+        name,
+        version,
+        metric or "an unrecorded metric",
+        current.version,
+        _metric_of(current) or "an unrecorded metric",
+        cfg.mlflow.alias,
+    )
     return True
 
 

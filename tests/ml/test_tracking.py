@@ -285,7 +285,7 @@ def test_scores_on_different_metrics_are_not_compared(
     def register(score: float, seed: int) -> tracking.Registration:
         return _register_scores(cfg, member, [score], seed, tmp_path)[0]
 
-    v1 = register(0.9, seed=0)
+    v1, folds1 = _register_scores(cfg, member, [0.9], 0, tmp_path)
     # as a version registered under the old rule looks: its score is a macro-F1 (or says nothing)
     c = tracking.client(cfg)
     c.set_model_version_tag(v1.name, v1.version, tracking.TAG_SCORE_METRIC, "mean_val_macro_f1")
@@ -293,6 +293,9 @@ def test_scores_on_different_metrics_are_not_compared(
         v2 = register(0.5, seed=1)  # a lower number, but on another scale: not compared
     assert (v2.version, v2.champion) == ("2", True)
     assert "not comparable" in caplog.text and "mean_val_macro_f1" in caplog.text
+    # the older version's runs registered again: not comparable either, but older, so the alias stays
+    again = tracking.register_member(cfg, member, folds1)
+    assert (again.version, again.created, again.champion) == ("1", False, False)
     v3 = register(0.4, seed=2)  # the same metric as the champion now: compared, and worse
     assert (v3.version, v3.champion) == ("3", False)
     champ = tracking.champion_version(cfg, v1.name)
