@@ -48,7 +48,8 @@ def test_a_second_profile_never_touches_the_first(
     raw["profiles"]["smoke2"] = other
     path = tmp_path / "config.yml"  # relative paths (caches, MLflow store) resolve in tmp_path
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    sets = [f"data.root={smoke_data}"]
+    # no logical GPU: the four fold trials of each profile run at once (one at a time with it)
+    sets = [f"data.root={smoke_data}", "train.gpus_per_trial=0"]
     a = load_config(path, "smoke", sets)
     b = load_config(path, "smoke2", sets)
     assert a.data.cache_dir == b.data.cache_dir and a.mlflow.backend_store_uri == b.mlflow.backend_store_uri
