@@ -143,10 +143,20 @@ def smooth_targets(target: torch.Tensor, label_smoothing: float) -> torch.Tensor
     return target * (1.0 - label_smoothing) + 0.5 * label_smoothing if label_smoothing else target
 
 
-def _optimizer(model: torch.nn.Module, tc: Any) -> torch.optim.Optimizer:
+def _optimizer(net: torch.nn.Module, model: torch.nn.Module, tc: Any) -> torch.optim.Optimizer:
+    """The optimiser of ``net`` (``model``, possibly wrapped for data parallelism).
+
+    A network may ask for per-group learning rates (``param_groups(lr)``: a pretrained trunk at a fraction
+    of its head's); every other trainable parameter trains at ``tc.lr``.
+    """
+    groups_of = getattr(getattr(model, "model", None), "param_groups", None)
+    groups: list[dict[str, Any]] = groups_of(tc.lr) if callable(groups_of) else []
+    grouped = {id(p) for g in groups for p in g["params"]}
+    rest = [p for p in net.parameters() if p.requires_grad and id(p) not in grouped]
+    params = groups + ([{"params": rest}] if rest else [])
     if tc.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    return torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        return torch.optim.Adam(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    return torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
 
 
 def fit(
@@ -207,7 +217,7 @@ def fit(
         raise ValueError(f"fold {fold}: {len(train_idx)} training and {len(val_idx)} validation clips")
     augmenter = build_augmenter(mcfg.augment, sr, where=f"members.{member}.augment").to(device)
     net = prepare_model(model) if prepare_model else model
-    opt = _optimizer(net, tc)
+    opt = _optimizer(net, model, tc)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, factor=tc.lr_factor, patience=tc.lr_patience, min_lr=tc.min_lr
     )

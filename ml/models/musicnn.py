@@ -28,13 +28,17 @@ and the moving statistics. Dropout only existed in training, so the port has non
 The trunk is always in inference mode: its BatchNorms use the pretrained statistics even while the
 classifier trains. With ``freeze: true`` (the default) its tensors are non-persistent buffers: they get no
 gradient, are not in the optimiser, and are not written into checkpoints (a checkpoint holds the head only
-and the trunk is re-read from the wheel, whose SHA-256 is checked, when the model is rebuilt).
+and the trunk is re-read from the wheel, whose SHA-256 is checked, when the model is rebuilt). With
+``freeze: front_end`` only the front end is fixed that way: the mid end and the dense layer train from their
+pretrained values (at a fraction of the learning rate, :meth:`Musicnn.param_groups`) and are saved with the
+head. The fixed part's output (:meth:`Musicnn.embed`) is what training caches and what the fold models of a
+member share at inference; :meth:`Musicnn.head_logits` runs the rest.
 """
 
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Annotated, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 import numpy as np
 import torch
@@ -151,10 +155,8 @@ class MusicnnTrunk(nn.Module):
             bn(self.dense_bn, len(bns) + 2)
             dense(self.out, "dense_1")
 
-    def forward(
-        self, feats: Tensor, upto: Literal["pooled", "penultimate", "logits"] = "logits"
-    ) -> dict[str, Tensor]:
-        """Outputs of features (B, 1, 96, T), up to ``upto``; keys ``pooled``, ``penultimate``, ``logits``."""
+    def front(self, feats: Tensor) -> Tensor:
+        """The front end's output (B, 561, T) of musicnn_mel features (B, 1, 96, T)."""
         x = self.bn_input(feats.transpose(2, 3))  # (B, 1, T, 96): TF's (time, freq) layout
         front: list[Tensor] = []
         padded = F.pad(x, (0, 0, 3, 3))
@@ -164,7 +166,12 @@ class MusicnnTrunk(nn.Module):
         for conv, bn, k in zip(self.temporal, self.temporal_bn, _TEMPORAL, strict=True):
             y = F.relu(conv(F.pad(x, (0, 0, (k - 1) // 2, k // 2))))  # TF 'same': extra frame after
             front.append(bn(y).amax(dim=3))
-        h = torch.cat(front, dim=1)  # (B, 561, T)
+        return torch.cat(front, dim=1)
+
+    def back(
+        self, h: Tensor, upto: Literal["pooled", "penultimate", "logits"] = "logits"
+    ) -> dict[str, Tensor]:
+        """Mid end and back end of a front-end output ``h`` (B, 561, T); keys as :meth:`forward`."""
         mids = [h]
         for i, (conv, bn) in enumerate(zip(self.mid, self.mid_bn, strict=True)):
             y = bn(F.relu(conv(mids[-1])))
@@ -180,6 +187,16 @@ class MusicnnTrunk(nn.Module):
         out["logits"] = self.out(out["penultimate"])
         return out
 
+    def forward(
+        self, feats: Tensor, upto: Literal["pooled", "penultimate", "logits"] = "logits"
+    ) -> dict[str, Tensor]:
+        """Outputs of features (B, 1, 96, T), up to ``upto``; keys ``pooled``, ``penultimate``, ``logits``."""
+        return self.back(self.front(feats), upto)
+
+    def front_end_modules(self) -> list[nn.Module]:
+        """The modules of the front end (what ``freeze: front_end`` keeps fixed)."""
+        return [self.bn_input, *self.timbral, *self.timbral_bn, *self.temporal, *self.temporal_bn]
+
 
 def _freeze(module: nn.Module) -> None:
     """Turn every parameter into a non-persistent buffer: no gradient, no optimiser, no state-dict entry."""
@@ -189,22 +206,29 @@ def _freeze(module: nn.Module) -> None:
             m.register_buffer(name, p.detach().requires_grad_(False), persistent=False)
 
 
+Freeze = bool | Literal["front_end"]
+
+
 def pretrained_trunk(
-    weights: weights_store.Weights = "mtt", *, wheel: str | None = None, freeze: bool = True
+    weights: weights_store.Weights = "mtt", *, wheel: str | None = None, freeze: Freeze = True
 ) -> MusicnnTrunk:
     """Musicnn's trunk with its pretrained weights from the wheel (see :mod:`ml.pretrained.musicnn`).
 
     Args:
         weights: ``mtt`` (MagnaTagATune) or ``msd`` (Million Song Dataset).
         wheel: Wheel path; None: ``$MPIC_MUSICNN_WHEEL`` or the default location.
-        freeze: Parameters as non-persistent buffers (no gradient, not in state dicts).
+        freeze: Which parameters become non-persistent buffers (no gradient, not in state dicts): all
+            (True), none (False) or the front end's only (``"front_end"``).
 
     Raises:
         MusicnnWeightsError: The wheel is missing or not musicnn 0.1.0's (the message says what to run).
     """
     trunk = MusicnnTrunk()
     trunk.load_tf(weights_store.load_weights(weights, wheel))
-    if freeze:
+    if freeze == "front_end":
+        for m in trunk.front_end_modules():
+            _freeze(m)
+    elif freeze:
         _freeze(trunk)
     return trunk
 
@@ -214,8 +238,16 @@ class MusicnnArgs(ModelArgs):
 
     weights: Literal["mtt", "msd"] = "mtt"
     """Pretrained weights: MagnaTagATune (``mtt``) or Million Song Dataset (``msd``) musicnn."""
-    freeze: bool = True
-    """Keep the trunk's weights fixed (only the head trains; checkpoints hold the head alone)."""
+    freeze: Freeze = True
+    """Which of the trunk's weights stay fixed: all (``true``: only the head trains, checkpoints hold the
+    head alone), the front end's (``front_end``: the mid end — three 1-D convolutions over time — and the
+    dense layer train from their pretrained values, with their BatchNorm scales and offsets; the front end,
+    90 % of the trunk's compute, is what the head cache stores; measured to transfer better to unheard
+    sample libraries, docs/benchmarks.md), or none (``false``: end to end). BatchNorm statistics always
+    stay the pretrained ones."""
+    trunk_lr_scale: Annotated[float, Field(gt=0, le=1)] = 0.3
+    """Learning rate of the trunk's trainable weights as a fraction of the member's (``freeze`` not true):
+    small steps keep them near the real-music solution."""
     embedding: Embedding = "penultimate"
     """What the head sees: ``pooled`` (1506: max + mean over time of the mid-end, normalised),
     ``penultimate`` (200) or ``taggram`` (the 50 tag probabilities)."""
@@ -254,10 +286,18 @@ class Musicnn(MpicModel):
                 f"musicnn needs the musicnn_mel front end ({_N_MELS} mel bands), got {n_bins} bins"
             )
         self.cpu_chunk_frames = args.cpu_chunk_frames  # the base class's per-example chunking stays off
-        self.freeze = args.freeze
+        self.freeze: Freeze = args.freeze
         self.weights = args.weights
         self.embedding: Embedding = args.embedding
+        self.trunk_lr_scale = args.trunk_lr_scale
         self.trunk = pretrained_trunk(args.weights, wheel=args.wheel, freeze=args.freeze)
+        if args.freeze == "front_end":  # layers past the embedding would train for nothing: keep them fixed
+            tail: dict[str, list[nn.Module]] = {
+                "pooled": [self.trunk.dense, self.trunk.dense_bn, self.trunk.out],
+                "penultimate": [self.trunk.out],
+            }
+            for m in tail.get(args.embedding, []):
+                _freeze(m)
         dim = EMBEDDING_SIZES[args.embedding]
         layers: list[nn.Module] = [nn.Dropout(args.dropout)]
         if args.head_hidden:
@@ -266,26 +306,53 @@ class Musicnn(MpicModel):
         layers.append(nn.Linear(dim, n_classes))
         self.head = nn.Sequential(*layers)
 
-    def embed(self, feats: Tensor) -> Tensor:
-        """The embedding (B, D) the head sees, of musicnn_mel features (B, 1, 96, T)."""
-        upto: Literal["pooled", "penultimate", "logits"] = (
-            "logits" if self.embedding == "taggram" else self.embedding
-        )
-        key = "logits" if self.embedding == "taggram" else self.embedding
-        chunk = max(1, self.cpu_chunk_frames // feats.shape[3]) if self.cpu_chunk_frames else 0
-        parts = feats.split(chunk) if feats.device.type == "cpu" and 0 < chunk < feats.shape[0] else [feats]
-        with torch.no_grad() if self.freeze else nullcontext():
-            emb = torch.cat([self.trunk(p, upto=upto)[key] for p in parts])
+    def _upto(self) -> tuple[Literal["pooled", "penultimate", "logits"], str]:
+        """(how far the trunk runs, which of its outputs is the embedding)."""
+        if self.embedding == "taggram":
+            return "logits", "logits"
+        return self.embedding, self.embedding
+
+    def _embedding(self, out: dict[str, Tensor]) -> Tensor:
+        emb = out[self._upto()[1]]
         return torch.sigmoid(emb) if self.embedding == "taggram" else emb
 
+    def embed(self, feats: Tensor) -> Tensor:
+        """The fixed part's output for musicnn_mel features (B, 1, 96, T).
+
+        The embedding (B, D) the head sees when the whole trunk is frozen; the front end's output
+        (B, 561, T) with ``freeze: front_end``; with ``freeze: false`` the embedding, with gradients.
+        """
+        chunk = max(1, self.cpu_chunk_frames // feats.shape[3]) if self.cpu_chunk_frames else 0
+        parts = feats.split(chunk) if feats.device.type == "cpu" and 0 < chunk < feats.shape[0] else [feats]
+        if self.freeze == "front_end":
+            with torch.no_grad():
+                return torch.cat([self.trunk.front(p) for p in parts])
+        with torch.no_grad() if self.freeze else nullcontext():
+            return torch.cat([self._embedding(self.trunk(p, upto=self._upto()[0])) for p in parts])
+
     def frozen_embedding_key(self) -> str | None:
-        """``musicnn/<weights>/<embedding>`` when the trunk is frozen (fold models share it), else None."""
+        """What :meth:`embed` computes, when it is fixed (fold models share it), else None.
+
+        ``musicnn/<weights>/<embedding>`` (frozen trunk), ``musicnn/<weights>/front_end``, or None.
+        """
+        if self.freeze == "front_end":
+            return f"musicnn/{self.weights}/front_end"
         return f"musicnn/{self.weights}/{self.embedding}" if self.freeze else None
 
     def head_logits(self, emb: Tensor) -> Tensor:
-        """Logits (B, n_classes) of an embedding from :meth:`embed`."""
+        """Logits (B, n_classes) of an :meth:`embed` output (the trainable mid end first, if any)."""
+        if self.freeze == "front_end":
+            emb = self._embedding(self.trunk.back(emb, upto=self._upto()[0]))
         return self.head(emb)
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimiser parameter groups: the trunk's trainable weights at ``trunk_lr_scale`` × ``lr``."""
+        trunk = [p for p in self.trunk.parameters() if p.requires_grad]
+        groups: list[dict[str, Any]] = [{"params": list(self.head.parameters()), "lr": lr}]
+        if trunk:
+            groups.append({"params": trunk, "lr": lr * self.trunk_lr_scale})
+        return groups
 
     def logits(self, feats: Tensor) -> Tensor:
         """(B, 1, 96, T) → (B, n_classes)."""
-        return self.head(self.embed(feats))
+        return self.head_logits(self.embed(feats))

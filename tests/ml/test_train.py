@@ -84,8 +84,9 @@ def data16k(smoke_cfg, smoke_data):
     return load_train_data(smoke_cfg, 16000)  # musicnn's rate
 
 
+@pytest.mark.parametrize("freeze", [True, "front_end"])
 def test_frozen_trunk_head_trains_on_cached_views_and_validates_like_the_whole_model(
-    smoke_cfg, data16k, tmp_path
+    smoke_cfg, data16k, tmp_path, freeze
 ):
     import torch
 
@@ -93,6 +94,8 @@ def test_frozen_trunk_head_trains_on_cached_views_and_validates_like_the_whole_m
     from ml.train import _validate
 
     cfg = _with_member_train(smoke_cfg, "mn_mtt", head_views=2, head_passes=3, epochs=3, time_budget_s=None)
+    models = {**cfg.models, "musicnn": {**cfg.models["musicnn"], "freeze": freeze}}
+    cfg = cfg.model_copy(update={"models": models})
     hooks = LocalHooks(tmp_path / "work")
     r = fit(cfg, "mn_mtt", 0, out_dir=tmp_path / "out", hooks=hooks, data=data16k)
     train_idx, val_idx = data16k.split(0)
@@ -116,11 +119,13 @@ def test_frozen_trunk_head_trains_on_cached_views_and_validates_like_the_whole_m
     windows, _ = _clip_windows(data16k.store, val_idx, cfg.inference.window_s, cfg.inference.hop_s)
     whole = 1 / (1 + np.exp(-_score(clf, windows, torch.device("cpu"), 64)))
     np.testing.assert_allclose(oof_windows[: len(windows)], whole, atol=1e-5)
-    # Only the head trained: the frozen trunk is the pretrained one.
+    # What is frozen is the pretrained trunk (the whole trunk, or its front end); the rest trained.
     fresh = build_classifier(cfg, "mn_mtt")
     for (k, a), b in zip(clf.model.trunk.named_buffers(), fresh.model.trunk.buffers(), strict=True):
         assert torch.equal(a, b), k
     assert not torch.equal(clf.model.head[-1].weight, fresh.model.head[-1].weight)
+    mid_trained = not torch.equal(clf.model.trunk.mid[0].weight, fresh.model.trunk.mid[0].weight)
+    assert mid_trained == (freeze == "front_end")
 
 
 def test_head_views_and_head_steps_share_the_time_budget(smoke_cfg, data16k, tmp_path):

@@ -350,6 +350,76 @@ def test_unfrozen_trunk_trains_with_frozen_statistics(cfg):
     assert any(k.startswith("model.trunk.") for k in clf.state_dict())  # fine-tuned weights are saved
 
 
+def _front_end_frozen(cfg, **args):
+    return cfg.model_copy(
+        update={"models": {**cfg.models, "musicnn": {**cfg.models["musicnn"], "freeze": "front_end", **args}}}
+    )
+
+
+@pytest.mark.parametrize("embedding", ["pooled", "penultimate"])
+def test_front_end_frozen_the_mid_end_trains_and_is_saved(cfg, tmp_path, embedding):
+    torch.manual_seed(0)
+    c = _front_end_frozen(cfg, embedding=embedding, head_hidden=0)
+    clf = build_classifier(c, "mn_mtt")
+    trunk = {n.removeprefix("model.trunk.").split(".")[0] for n, _ in clf.named_parameters() if "trunk" in n}
+    # the mid end, the pooled BatchNorm and, with the penultimate embedding, the dense layer: no front end
+    used = {"mid", "mid_bn", "pool_bn"} | ({"dense", "dense_bn"} if embedding == "penultimate" else set())
+    assert trunk == used
+    fresh = pretrained_trunk("mtt", freeze=False)
+    emb = clf.model.embed(clf.front_end(0.1 * torch.randn(3, SR)))
+    assert emb.shape[:2] == (3, 561) and not emb.requires_grad  # the front end's maps: what the cache holds
+    groups = clf.model.param_groups(1e-3)
+    assert [g["lr"] for g in groups] == [1e-3, pytest.approx(1e-3 * clf.model.trunk_lr_scale)]
+    opt = torch.optim.AdamW(groups, lr=1e-3)
+    x, y = 0.1 * torch.randn(4, SR), torch.zeros(4, 11)
+    y[:, 3] = 1
+    clf.train()
+    for _ in range(2):
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(clf(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert not torch.equal(clf.model.trunk.mid[0].weight, fresh.mid[0].weight)  # fine-tuned …
+    assert torch.equal(clf.model.trunk.timbral[0].weight, fresh.timbral[0].weight)  # … the front end is not
+    torch.testing.assert_close(clf.model.trunk.mid_bn[0].running_mean, fresh.mid_bn[0].running_mean)
+    clf.eval()
+    path = save_classifier(tmp_path / "model.pt", clf, CheckpointMeta(spec=clf.spec(), member="mn_mtt"))
+    saved = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    assert "model.trunk.mid.0.weight" in saved and not any("timbral" in k for k in saved)
+    back, _ = load_classifier(path)
+    with torch.inference_mode():
+        torch.testing.assert_close(back(x), clf(x), rtol=0, atol=0)
+        torch.testing.assert_close(clf.model.head_logits(clf.model.embed(clf.front_end(x))), clf(x))
+
+
+def test_predictor_shares_the_front_end_between_fine_tuned_fold_models(cfg):
+    from ml.inference import Predictor
+
+    torch.manual_seed(2)
+    c = _front_end_frozen(cfg)
+    folds = [build_classifier(c, "mn_mtt").eval() for _ in range(3)]
+    for k, m in enumerate(folds):  # three different fine-tuned mid ends
+        with torch.no_grad():
+            m.model.trunk.mid[0].weight.mul_(1 + 0.1 * k)
+    pred = Predictor("mn_mtt", folds, cfg.label_codes, window_s=1.0, hop_s=1.0)
+    assert pred.shared_embedding
+    calls = [0, 0, 0]
+    for i, m in enumerate(folds):
+        original = m.model.trunk.front
+
+        def counting(*a, i=i, original=original, **k):
+            calls[i] += 1
+            return original(*a, **k)
+
+        m.model.trunk.front = counting  # type: ignore[method-assign]
+    x = 0.1 * torch.randn(5, SR)
+    scores = pred.score_windows(x)
+    assert calls[0] >= 1 and calls[1:] == [0, 0]
+    with torch.inference_mode():
+        expected = torch.stack([torch.sigmoid(m(x)) for m in folds]).mean(0)
+    np.testing.assert_allclose(scores, expected.numpy(), rtol=0, atol=1e-6)
+
+
 def test_missing_or_wrong_wheel_is_a_clear_error(cfg, tmp_path, monkeypatch):
     monkeypatch.setenv(store.WHEEL_ENV, str(tmp_path / "nope.whl"))
     with pytest.raises(store.MusicnnWeightsError, match=r"make pretrained.*MPIC_MUSICNN_WHEEL"):
