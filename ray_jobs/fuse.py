@@ -42,7 +42,11 @@ def tune_search(cfg: Config, oof: oofmod.OOFSet, names: Sequence[str]) -> list[d
     space: dict[str, Any] = {"aggregation": tune.choice(list(fc.aggregations))}
     space.update({f"w_{m}": tune.quniform(0.0, 1.0, WEIGHT_STEP) for m in names})
     seeds = fusion_job.seed_points(names, fc.aggregations)
-    search = tune.search.BasicVariantGenerator(points_to_evaluate=seeds, random_state=fc.seed)
+    # the generator bounds the concurrency itself (Tune ignores TuneConfig.max_concurrent_trials for a
+    # SearchGenerator): unbounded, every sample starts its own trial actor at once
+    search = tune.search.BasicVariantGenerator(
+        points_to_evaluate=seeds, random_state=fc.seed, max_concurrent=fc.max_concurrent_trials
+    )
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(_trial, oof=oof, objective=fc.objective), {"cpu": 0.25}),
         param_space=space,
@@ -51,7 +55,6 @@ def tune_search(cfg: Config, oof: oofmod.OOFSet, names: Sequence[str]) -> list[d
             mode="max",
             num_samples=max(fc.num_samples, len(seeds)),
             search_alg=search,
-            max_concurrent_trials=fc.max_concurrent_trials,
             reuse_actors=True,  # a trial is milliseconds of numpy: never pay a process start per trial
         ),
         run_config=tune.RunConfig(

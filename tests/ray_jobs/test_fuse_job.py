@@ -152,3 +152,24 @@ def test_a_rejected_fusion_is_never_served(fuse_cfg, fused):
         served = load_spec(fuse_cfg, ref)
         assert served.version == int(fused["version"]) and served.weights == fused["weights"]
     assert load_spec(fuse_cfg, int(worse["version"])).weights == {"res_bpm": 1.0}  # still there by number
+
+
+def test_the_search_bounds_its_concurrent_trials(fuse_cfg, ray_session, monkeypatch):
+    """Tune ignores TuneConfig.max_concurrent_trials with a search generator: the generator must bound it."""
+    import ray_jobs.fuse as fuse_mod
+    from ml import oof as oofmod
+
+    seen = {}
+
+    class FakeTuner:
+        def __init__(self, trainable, *, param_space, tune_config, run_config):
+            seen["search"] = tune_config.search_alg
+
+        def fit(self):
+            return []
+
+    monkeypatch.setattr(fuse_mod.tune, "Tuner", FakeTuner)
+    names = ["res_genre", "res_bpm"]
+    oof = oofmod.load_oof_set(fuse_cfg, names, fuse_cfg.fusion.aggregations)
+    assert fuse_mod.tune_search(fuse_cfg, oof, names) == []
+    assert seen["search"].max_concurrent == fuse_cfg.fusion.max_concurrent_trials == 2
