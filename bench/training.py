@@ -379,7 +379,7 @@ def bare_loop(cfg: Config, member: str, data: Any, fold: int, *, threads: int) -
     from ml.augment import Batch, build_augmenter
     from ml.inference import pick_device
     from ml.models import build_classifier
-    from ml.train import _optimizer
+    from ml.train import build_optimizer
     from ml.train_data import Cropper
 
     t_start = time.perf_counter()
@@ -390,7 +390,7 @@ def bare_loop(cfg: Config, member: str, data: Any, fold: int, *, threads: int) -
     model = build_classifier(cfg, member, window_s=tc.crop_s).to(device)
     sr = model.sample_rate
     augmenter = build_augmenter(cfg.members[member].augment, sr).to(device)
-    opt = _optimizer(model, tc)
+    opt = build_optimizer(model, tc)
     use_amp = tc.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     gen = torch.Generator().manual_seed(tc.seed * 7919 + fold)

@@ -143,12 +143,20 @@ def smooth_targets(target: torch.Tensor, label_smoothing: float) -> torch.Tensor
     return target * (1.0 - label_smoothing) + 0.5 * label_smoothing if label_smoothing else target
 
 
-def _optimizer(net: torch.nn.Module, model: torch.nn.Module, tc: Any) -> torch.optim.Optimizer:
-    """The optimiser of ``net`` (``model``, possibly wrapped for data parallelism).
+def build_optimizer(
+    model: torch.nn.Module, tc: Any, net: torch.nn.Module | None = None
+) -> torch.optim.Optimizer:
+    """The optimiser of a classifier (``tc``: its member's training config).
 
     A network may ask for per-group learning rates (``param_groups(lr)``: a pretrained trunk at a fraction
     of its head's); every other trainable parameter trains at ``tc.lr``.
+
+    Args:
+        model: The classifier.
+        tc: Its training config (``optimizer``, ``lr``, ``weight_decay``).
+        net: ``model`` as trained, when wrapped for data parallelism (its parameters are ``model``'s).
     """
+    net = model if net is None else net
     groups_of = getattr(getattr(model, "model", None), "param_groups", None)
     groups: list[dict[str, Any]] = groups_of(tc.lr) if callable(groups_of) else []
     grouped = {id(p) for g in groups for p in g["params"]}
@@ -217,7 +225,7 @@ def fit(
         raise ValueError(f"fold {fold}: {len(train_idx)} training and {len(val_idx)} validation clips")
     augmenter = build_augmenter(mcfg.augment, sr, where=f"members.{member}.augment").to(device)
     net = prepare_model(model) if prepare_model else model
-    opt = _optimizer(net, model, tc)
+    opt = build_optimizer(model, tc, net)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, factor=tc.lr_factor, patience=tc.lr_patience, min_lr=tc.min_lr
     )
