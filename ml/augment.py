@@ -633,16 +633,28 @@ def build_augmenter(steps: Sequence[AugmentStep], sample_rate: int, *, where: st
         ConfigError: Unknown augmentation name (lists the valid ones) or bad parameters, naming
             ``<where>.<index>.<key>``.
     """
-    built: list[Augmentation] = []
+    built = [
+        AUGMENTATIONS.get(step.name)(args, p=step.p, sample_rate=sample_rate)
+        for step, args in zip(steps, check_augment(steps, where), strict=True)
+    ]
+    return Augmenter(built)
+
+
+def check_augment(steps: Sequence[AugmentStep], where: str = "augment") -> list[BaseModel]:
+    """Validate configured augmentation steps without building them; their validated arguments.
+
+    Raises:
+        ConfigError: Unknown augmentation name (lists the valid ones) or bad parameters, naming
+            ``<where>.<index>.<key>``.
+    """
+    out = []
     for i, step in enumerate(steps):
         if step.name not in AUGMENTATIONS:
             raise ConfigError(
                 f"{where}.{i}.name: unknown augmentation {step.name!r}; valid: {AUGMENTATIONS.names()}"
             )
-        cls = AUGMENTATIONS.get(step.name)
-        args = validate_args(cls.Args, step.params, f"{where}.{i}")
-        built.append(cls(args, p=step.p, sample_rate=sample_rate))
-    return Augmenter(built)
+        out.append(validate_args(AUGMENTATIONS.get(step.name).Args, step.params, f"{where}.{i}"))
+    return out
 
 
 # ------------------------------------------------------------------------------------ tempo

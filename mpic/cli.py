@@ -34,7 +34,11 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def _cfg(args: argparse.Namespace, extra: Sequence[str] = ()) -> Config:
-    return load_config(args.config, args.profile, [*args.overrides, *extra])
+    from ml.models import check_members
+
+    cfg = load_config(args.config, args.profile, [*args.overrides, *extra])
+    check_members(cfg)
+    return cfg
 
 
 class UsageError(Exception):

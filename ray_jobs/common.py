@@ -18,6 +18,7 @@ from typing import Any
 
 from ml.config import PROJECT_DIR, Config, load_config
 from ml.config import add_config_args as config_args
+from ml.models import check_members
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
             "inside the job's temporary working directory and are lost when it is cleaned up",
             BASE_DIR_ENV,
         )
-    return load_config(
+    cfg = load_config(
         args.config, args.profile, list(args.overrides or []), base_dir=Path(base).resolve() if base else None
     )
+    check_members(cfg)
+    return cfg
 
 
 def init_ray(cfg: Config, **kwargs: Any) -> bool:

@@ -28,6 +28,7 @@ __all__ = [
     "MpicModel",
     "build_classifier",
     "build_model",
+    "check_members",
     "classifier_from_spec",
     "classifier_spec",
     "count_parameters",
@@ -93,6 +94,23 @@ class Classifier(nn.Module):
             "window_s": self.window_s,
             "sample_rate": self.sample_rate,
         }
+
+
+def check_members(cfg: Config) -> None:
+    """Validate every member's architecture arguments and augmentation steps now, not when it is built.
+
+    Entry points call it right after loading the config, so that a mistake in ``models.<arch>`` or a
+    member's ``augment`` fails at once, naming its path, instead of minutes into a job that builds that
+    member last.
+
+    Raises:
+        ConfigError: The first member with an unknown architecture or invalid arguments.
+    """
+    from ml.augment import check_augment  # ml.augment imports ml.models.base
+
+    for name, m in cfg.members.items():
+        classifier_spec(cfg, name)
+        check_augment(m.augment, f"members.{name}.augment")
 
 
 def classifier_spec(cfg: Config, member: str, *, window_s: float | None = None) -> dict[str, Any]:

@@ -93,6 +93,14 @@ MISTAKES: list[tuple[list[str], list[str]]] = [
         ["predict", "{tmp}/song.wav", "--set", "train.nope=1"],
         ["mpic predict: invalid configuration: train.nope: unknown key; valid keys: ['amp'"],
     ),
+    (  # checked when the config is read, not minutes later when the job builds that member
+        ["evaluate", "--protocol", "lolo", "--out", "{tmp}/lolo-x", "--set", "models.musicnn.freeze=middle"],
+        ["mpic evaluate: invalid configuration: models.musicnn.freeze", "'front_end'"],
+    ),
+    (
+        ["train", "--set", "members.res_genre.augment=[{name: gian, p: 0.5}]"],
+        ["mpic train: members.res_genre.augment.0.name: unknown augmentation 'gian'; valid:", "genre_mix"],
+    ),
     (["predict", "{tmp}/gone.wav", *EQUAL], ["mpic predict: no such file or folder:", "gone.wav"]),
     (["predict", "{tmp}/empty", *EQUAL], ["mpic predict: no audio files under", ".flac"]),
     (["predict", "{tmp}/song.wav"], ["mpic-smoke-ensemble-default", "run `mpic fuse --profile smoke` first"]),
