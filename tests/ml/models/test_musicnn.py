@@ -296,11 +296,8 @@ def test_any_length(cfg, seconds):
         assert clf(torch.randn(2, int(seconds * SR))).shape == (2, 11)
 
 
-def test_trains_a_step_and_the_checkpoint_reloads_identically(cfg, tmp_path):
-    torch.manual_seed(0)
-    clf = build_classifier(cfg, "mn_mtt")
-    trunk_before = {k: v.clone() for k, v in clf.model.trunk.named_buffers()}
-    opt = torch.optim.AdamW(clf.parameters(), lr=1e-2)
+def _two_steps(clf, opt) -> torch.Tensor:
+    """Two training steps of ``clf`` on 4 random 1-s waves labelled ``gac``; the waves."""
     x, y = 0.1 * torch.randn(4, SR), torch.zeros(4, 11)
     y[:, 3] = 1
     clf.train()
@@ -309,6 +306,15 @@ def test_trains_a_step_and_the_checkpoint_reloads_identically(cfg, tmp_path):
         opt.zero_grad()
         loss.backward()
         opt.step()
+    return x
+
+
+def test_trains_a_step_and_the_checkpoint_reloads_identically(cfg, tmp_path):
+    torch.manual_seed(0)
+    clf = build_classifier(cfg, "mn_mtt")
+    trunk_before = {k: v.clone() for k, v in clf.model.trunk.named_buffers()}
+    opt = torch.optim.AdamW(clf.parameters(), lr=1e-2)
+    x = _two_steps(clf, opt)
     assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in clf.parameters())
     for k, v in clf.model.trunk.named_buffers():  # weights and BatchNorm statistics untouched
         assert v.grad is None and not v.requires_grad
@@ -371,14 +377,7 @@ def test_front_end_frozen_the_mid_end_trains_and_is_saved(cfg, tmp_path, embeddi
     groups = clf.model.param_groups(1e-3)
     assert [g["lr"] for g in groups] == [1e-3, pytest.approx(1e-3 * clf.model.trunk_lr_scale)]
     opt = torch.optim.AdamW(groups, lr=1e-3)
-    x, y = 0.1 * torch.randn(4, SR), torch.zeros(4, 11)
-    y[:, 3] = 1
-    clf.train()
-    for _ in range(2):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(clf(x), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    x = _two_steps(clf, opt)
     assert not torch.equal(clf.model.trunk.mid[0].weight, fresh.mid[0].weight)  # fine-tuned …
     assert torch.equal(clf.model.trunk.timbral[0].weight, fresh.timbral[0].weight)  # … the front end is not
     torch.testing.assert_close(clf.model.trunk.mid_bn[0].running_mean, fresh.mid_bn[0].running_mean)
@@ -390,34 +389,6 @@ def test_front_end_frozen_the_mid_end_trains_and_is_saved(cfg, tmp_path, embeddi
     with torch.inference_mode():
         torch.testing.assert_close(back(x), clf(x), rtol=0, atol=0)
         torch.testing.assert_close(clf.model.head_logits(clf.model.embed(clf.front_end(x))), clf(x))
-
-
-def test_predictor_shares_the_front_end_between_fine_tuned_fold_models(cfg):
-    from ml.inference import Predictor
-
-    torch.manual_seed(2)
-    c = _front_end_frozen(cfg)
-    folds = [build_classifier(c, "mn_mtt").eval() for _ in range(3)]
-    for k, m in enumerate(folds):  # three different fine-tuned mid ends
-        with torch.no_grad():
-            m.model.trunk.mid[0].weight.mul_(1 + 0.1 * k)
-    pred = Predictor("mn_mtt", folds, cfg.label_codes, window_s=1.0, hop_s=1.0)
-    assert pred.shared_embedding
-    calls = [0, 0, 0]
-    for i, m in enumerate(folds):
-        original = m.model.trunk.front
-
-        def counting(*a, i=i, original=original, **k):
-            calls[i] += 1
-            return original(*a, **k)
-
-        m.model.trunk.front = counting  # type: ignore[method-assign]
-    x = 0.1 * torch.randn(5, SR)
-    scores = pred.score_windows(x)
-    assert calls[0] >= 1 and calls[1:] == [0, 0]
-    with torch.inference_mode():
-        expected = torch.stack([torch.sigmoid(m(x)) for m in folds]).mean(0)
-    np.testing.assert_allclose(scores, expected.numpy(), rtol=0, atol=1e-6)
 
 
 def test_missing_or_wrong_wheel_is_a_clear_error(cfg, tmp_path, monkeypatch):
@@ -440,28 +411,39 @@ def test_wrong_front_end_is_refused(cfg):
         classifier_from_spec(spec)
 
 
-def test_predictor_shares_the_frozen_trunk_between_fold_models(cfg):
+@pytest.mark.parametrize("freeze", [True, "front_end"])
+def test_predictor_shares_the_fixed_part_between_fold_models(cfg, freeze):
     from ml.inference import Predictor
 
     torch.manual_seed(1)
-    folds = [build_classifier(cfg, "mn_mtt").eval() for _ in range(3)]  # different random heads
+    c = _front_end_frozen(cfg) if freeze == "front_end" else cfg
+    folds = [build_classifier(c, "mn_mtt").eval() for _ in range(3)]  # different random heads
+    for k, m in enumerate(folds):  # and, when it trains, different fine-tuned mid ends
+        if freeze == "front_end":
+            with torch.no_grad():
+                m.model.trunk.mid[0].weight.mul_(1 + 0.1 * k)
     pred = Predictor("mn_mtt", folds, cfg.label_codes, window_s=1.0, hop_s=1.0)
     assert pred.shared_embedding
     calls = [0, 0, 0]
     for i, m in enumerate(folds):
-        original = m.model.trunk.forward
+        original = m.model.trunk.front
 
         def counting(*a, i=i, original=original, **k):
             calls[i] += 1
             return original(*a, **k)
 
-        m.model.trunk.forward = counting  # type: ignore[method-assign]
+        m.model.trunk.front = counting  # type: ignore[method-assign]
     x = 0.1 * torch.randn(5, SR)
     scores = pred.score_windows(x)
-    assert calls[0] >= 1 and calls[1:] == [0, 0]  # the first fold model's trunk serves all three heads
+    assert calls[0] >= 1 and calls[1:] == [0, 0]  # the first fold model's front end serves all three
     with torch.inference_mode():
         expected = torch.stack([torch.sigmoid(m(x)) for m in folds]).mean(0)
     np.testing.assert_allclose(scores, expected.numpy(), rtol=0, atol=1e-6)
+
+
+def test_an_unfrozen_trunk_is_not_shared(cfg):
+    from ml.inference import Predictor
+
     c = cfg.model_copy(update={"models": {**cfg.models, "musicnn": {"freeze": False}}})
     assert not Predictor(
         "mn_mtt", [build_classifier(c, "mn_mtt")], cfg.label_codes, window_s=1.0, hop_s=1.0
