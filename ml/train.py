@@ -143,22 +143,19 @@ def smooth_targets(target: torch.Tensor, label_smoothing: float) -> torch.Tensor
     return target * (1.0 - label_smoothing) + 0.5 * label_smoothing if label_smoothing else target
 
 
-def build_optimizer(
-    model: torch.nn.Module, tc: Any, net: torch.nn.Module | None = None
-) -> torch.optim.Optimizer:
+def build_optimizer(model: Classifier, tc: Any, net: torch.nn.Module | None = None) -> torch.optim.Optimizer:
     """The optimiser of a classifier (``tc``: its member's training config).
 
-    A network may ask for per-group learning rates (``param_groups(lr)``: a pretrained trunk at a fraction
-    of its head's); every other trainable parameter trains at ``tc.lr``.
+    The network's parameter groups (:meth:`ml.models.MpicModel.param_groups`: a pretrained trunk may train
+    at a fraction of ``tc.lr``); any other trainable parameter (the front end's) trains at ``tc.lr``.
 
     Args:
-        model: The classifier.
+        model: The classifier (:class:`ml.models.Classifier`).
         tc: Its training config (``optimizer``, ``lr``, ``weight_decay``).
         net: ``model`` as trained, when wrapped for data parallelism (its parameters are ``model``'s).
     """
     net = model if net is None else net
-    groups_of = getattr(getattr(model, "model", None), "param_groups", None)
-    groups: list[dict[str, Any]] = groups_of(tc.lr) if callable(groups_of) else []
+    groups = model.model.param_groups(tc.lr)
     grouped = {id(p) for g in groups for p in g["params"]}
     rest = [p for p in net.parameters() if p.requires_grad and id(p) not in grouped]
     params = groups + ([{"params": rest}] if rest else [])

@@ -112,6 +112,13 @@ class MpicModel(nn.Module):
             return torch.cat([self.logits(part) for part in feats.split(chunk)])
         return self.logits(feats)
 
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimiser parameter groups at learning rate ``lr``: every trainable parameter in one (the default).
+
+        A model overrides it to train parts at other rates (a pretrained trunk at a fraction of ``lr``).
+        """
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr}]
+
     def frozen_embedding_key(self) -> str | None:
         """Identity of a fixed (pretrained, frozen) part this model applies before its trained head.
 

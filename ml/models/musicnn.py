@@ -307,14 +307,12 @@ class Musicnn(MpicModel):
         layers.append(nn.Linear(dim, n_classes))
         self.head = nn.Sequential(*layers)
 
-    def _upto(self) -> tuple[Literal["pooled", "penultimate", "logits"], str]:
-        """(how far the trunk runs, which of its outputs is the embedding)."""
-        if self.embedding == "taggram":
-            return "logits", "logits"
-        return self.embedding, self.embedding
+    def _upto(self) -> Literal["pooled", "penultimate", "logits"]:
+        """The trunk output the embedding is read from (and how far the trunk runs)."""
+        return "logits" if self.embedding == "taggram" else self.embedding
 
     def _embedding(self, out: dict[str, Tensor]) -> Tensor:
-        emb = out[self._upto()[1]]
+        emb = out[self._upto()]
         return torch.sigmoid(emb) if self.embedding == "taggram" else emb
 
     def embed(self, feats: Tensor) -> Tensor:
@@ -329,7 +327,7 @@ class Musicnn(MpicModel):
             with torch.no_grad():
                 return torch.cat([self.trunk.front(p) for p in parts])
         with torch.no_grad() if self.freeze else nullcontext():
-            return torch.cat([self._embedding(self.trunk(p, upto=self._upto()[0])) for p in parts])
+            return torch.cat([self._embedding(self.trunk(p, upto=self._upto())) for p in parts])
 
     def frozen_embedding_key(self) -> str | None:
         """What :meth:`embed` computes, when it is fixed (fold models share it), else None.
@@ -343,7 +341,7 @@ class Musicnn(MpicModel):
     def head_logits(self, emb: Tensor) -> Tensor:
         """Logits (B, n_classes) of an :meth:`embed` output (the trainable mid end first, if any)."""
         if self.freeze == "front_end":
-            emb = self._embedding(self.trunk.back(emb, upto=self._upto()[0]))
+            emb = self._embedding(self.trunk.back(emb, upto=self._upto()))
         return self.head(emb)
 
     def param_groups(self, lr: float) -> list[dict[str, Any]]:
