@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import copy
 import os
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -285,24 +288,55 @@ def check_serve_config(config: Mapping[str, Any]) -> None:
 def deploy(config: Mapping[str, Any], *, timeout_s: float = 300.0) -> None:
     """Apply a Serve config on the connected Ray, as ``serve deploy`` does, and wait until it runs.
 
-    Uses the Serve client directly (``serve deploy`` needs the dashboard's REST API). Applications in
-    the config that are already running are updated in place where Serve can (``user_config``,
-    autoscaling); other declaratively deployed applications not in the config are removed.
+    Public APIs only: :func:`ray.serve.start` (HTTP options, when the config sets them and Serve is not
+    running yet), then the ``serve run --non-blocking <config>`` command, which applies the config
+    declaratively without the dashboard's REST API (``serve deploy`` needs it; this module's local Ray and
+    the test clusters run without a dashboard). Applications in the config that are already running are
+    updated in place where Serve can (``user_config``, autoscaling); other declaratively deployed
+    applications not in the config are removed.
+
+    Raises:
+        ValueError: The config is invalid (before anything is deployed).
+        RuntimeError: The ``serve run`` command failed (with its output).
+        TimeoutError: Not running after ``timeout_s``.
     """
-    from ray.serve._private.api import serve_start
     from ray.serve.schema import ServeDeploySchema
 
     check_serve_config(config)
     schema = ServeDeploySchema.model_validate(dict(config))
-    # Serve's HTTP options apply only when this call starts Serve; pass them only when the config sets them
-    # (the schema's defaults would otherwise clash, noisily, with an already running Serve).
+    # Serve's HTTP options apply only when Serve starts; pass them only when the config sets them (the
+    # schema's defaults would otherwise clash, noisily, with an already running Serve). Starting Serve here,
+    # not in `serve run`, keeps Serve's own defaults (HTTP on 127.0.0.1) when the config sets none.
     http = schema.http_options.model_dump() if config.get("http_options") else None
-    client = serve_start(http_options=http, proxy_location=schema.proxy_location)
+    serve.start(http_options=http, proxy_location=schema.proxy_location)
     names = [a.name for a in schema.applications]
     before = _deployed_times(names)
-    client.deploy_apps(schema, _blocking=False)
+    _serve_run_config(dict(config))
     if timeout_s:
         wait_until_running(names, timeout_s=timeout_s, deployed_after=before)
+
+
+def _serve_run_config(config: dict[str, Any], *, timeout_s: float = 120.0) -> None:
+    """``serve run --non-blocking`` a config document against the connected Ray (returns once submitted)."""
+    address = ray.get_runtime_context().gcs_address
+    # the console script of the interpreter's own environment (a venv need not be on PATH)
+    cmd = [sys.executable, "-c", "from ray.serve.scripts import cli; cli()", "run", "--non-blocking"]
+    with tempfile.TemporaryDirectory(prefix="mpic-serve-") as tmp:
+        path = Path(tmp) / "serve_config.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        try:
+            proc = subprocess.run(
+                [*cmd, "--address", address, str(path)],
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"serve run did not submit the config within {timeout_s:.0f} s") from None
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-20:]
+        raise RuntimeError("serve run failed:\n" + "\n".join(tail))
 
 
 def _deployed_times(names: Sequence[str]) -> dict[str, float]:

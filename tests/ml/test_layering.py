@@ -1,4 +1,5 @@
-"""`ml/` is the library: it never imports its adapters (`ray_jobs`, `serve`) nor the command line (`mpic`)."""
+"""`ml/` is the library: it never imports its adapters (`ray_jobs`, `serve`) nor the command line (`mpic`); no
+project module imports a private Ray module."""
 
 from __future__ import annotations
 
@@ -65,3 +66,30 @@ print(len(mods))
     )
     assert r.returncode == 0, r.stderr[-3000:]
     assert int(r.stdout.split()[-1]) > 10
+
+
+ADAPTERS_AND_LIBRARY = ("ml", "serve", "ray_jobs", "mpic", "bench")
+
+
+def _private_ray_module(name: str) -> bool:
+    parts = name.split(".")
+    return parts[0] == "ray" and any(p.startswith("_") for p in parts[1:])
+
+
+def test_no_project_module_imports_a_private_ray_module() -> None:
+    """Ray's ``_private`` packages change between releases without notice: the project uses public APIs."""
+    bad = [
+        f"{p.relative_to(ROOT)}:{line}: import {name}"
+        for pkg in ADAPTERS_AND_LIBRARY
+        for p in sorted((ROOT / pkg).rglob("*.py"))
+        for line, name in _imports(p)
+        if _private_ray_module(name)
+    ]
+    assert not bad, "private Ray modules imported (lazy imports included):\n" + "\n".join(bad)
+
+
+def test_the_private_module_rule() -> None:
+    assert _private_ray_module("ray.serve._private.api")
+    assert _private_ray_module("ray._private.state")
+    assert not _private_ray_module("ray.serve.schema")
+    assert not _private_ray_module("ray_jobs.train")
