@@ -606,12 +606,19 @@ class Server:
 
     def replicas(self) -> dict[str, int]:
         """Running replicas per deployment."""
-        from serve.app import replica_details
+        from ray import serve
 
-        try:
-            return {d: sum(r.get("state") == "RUNNING" for r in rs) for d, rs in replica_details().items()}
-        except Exception:
+        from serve.app import APP_NAME
+
+        app = serve.status().applications.get(APP_NAME)
+        if app is None:
             return {}
+        # replica_states counts replicas per state; its keys are ReplicaState values (str enum)
+        running = {
+            d: {str(getattr(k, "value", k)): n for k, n in s.replica_states.items()}
+            for d, s in app.deployments.items()
+        }
+        return {d: states.get("RUNNING", 0) for d, states in running.items()}
 
     def member_info(self) -> dict[str, Any]:
         """``/healthz`` member info (one replica each): batches, items, threads, device."""

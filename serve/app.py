@@ -387,28 +387,6 @@ def wait_until_running(
     raise TimeoutError(f"Serve applications {list(names)} not running after {timeout_s:g} s ({last})")
 
 
-def serve_details() -> dict[str, Any]:
-    """The controller's view of the Serve instance (as the dashboard shows it)."""
-    from ray.serve.context import _get_global_client
-
-    client = _get_global_client()
-    if client is None:
-        raise RuntimeError("Serve is not running on the connected Ray")
-    return dict(client.get_serve_details())
-
-
-def replica_details(name: str = APP_NAME) -> dict[str, list[dict[str, Any]]]:
-    """Per deployment, its replicas' ``replica_id``, ``actor_id``, ``pid`` and ``state`` (controller view)."""
-    details = serve_details()
-    app = details.get("applications", {}).get(name, {})
-    return {
-        dep: [
-            {k: r.get(k) for k in ("replica_id", "actor_id", "pid", "state")} for r in d.get("replicas", [])
-        ]
-        for dep, d in app.get("deployments", {}).items()
-    }
-
-
 def run_local(
     cfg: Config,
     *,
@@ -463,12 +441,3 @@ def _describe(spec: EnsembleSpec) -> str:
     if spec.registered_model:
         return f"{spec.registered_model} version {spec.version} ({spec.source})"
     return f"{spec.ensemble} ({spec.source}, not registered)"
-
-
-def serve_http_url() -> str:
-    """Base URL (``http://host:port``) of the HTTP proxy of the Serve instance on the connected Ray."""
-    opts = serve_details().get("http_options") or {}
-    host = str(opts.get("host") or "127.0.0.1")
-    host = "127.0.0.1" if host in {"0.0.0.0", ""} else ("::1" if host == "::" else host)
-    shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{int(opts.get('port') or 8000)}"

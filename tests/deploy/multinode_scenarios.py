@@ -338,7 +338,8 @@ def _wav(seconds: float = 1.0, sr: int = 22050) -> bytes:
 
 
 def _replicas(nodes: Nodes) -> dict[str, list[dict[str, Any]]]:
-    from serve.app import APP_NAME, serve_details
+    from serve.app import APP_NAME
+    from tests.serve_state import serve_details
 
     app = serve_details().get("applications", {}).get(APP_NAME, {})
     return {

@@ -123,7 +123,7 @@ class LoadThread(threading.Thread):
 
 def serve_pids(app: str = "mpic") -> dict[str, int]:
     """``{role: pid}`` of the Serve controller, HTTP proxy and every replica of ``app`` (descendants only)."""
-    from serve.app import replica_details
+    from tests.serve_state import replica_details
 
     out: dict[str, int] = {}
     for dep, replicas in replica_details(app).items():

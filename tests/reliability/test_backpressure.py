@@ -183,7 +183,8 @@ def test_serve_backend_retries_lost_replicas_and_maps_backpressure(
 
 
 def test_serve_options_bound_every_queue(serve_url: str, serve_cfg: Config) -> None:
-    from serve.app import APP_NAME, serve_details
+    from serve.app import APP_NAME
+    from tests.serve_state import serve_details
 
     deps = serve_details()["applications"][APP_NAME]["deployments"]
     assert set(deps) == {"ingress", "member_res_genre", "member_res_bpm"}

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def running_pids(deployment: str) -> set[int]:
-    from serve.app import replica_details
+    from tests.serve_state import replica_details
 
     return {
         int(r["pid"])

@@ -218,7 +218,8 @@ def serve_url(ray_session: None, serve_cfg: Config) -> Iterator[str]:
     """
     from ray import serve
 
-    from serve.app import APP_NAME, AppArgs, deploy, serve_config, serve_http_url
+    from serve.app import APP_NAME, AppArgs, deploy, serve_config
+    from tests.serve_state import serve_http_url
 
     serve.start(http_options={"host": "127.0.0.1", "port": free_port()})
     deploy(

@@ -21,15 +21,8 @@ from ml.config import Config
 from ml.inference import frame_windows, window_starts
 from ml.service import LocalBackend
 from serve.api import create_api
-from serve.app import (
-    APP_NAME,
-    AppArgs,
-    deploy,
-    member_deployment_name,
-    replica_details,
-    serve_config,
-    serve_details,
-)
+from serve.app import APP_NAME, AppArgs, deploy, member_deployment_name, serve_config
+from tests.serve_state import replica_details, serve_details
 
 MULTI = "/analyze_files/multi_model"
 SINGLE = "/analyze_files/single_model"
