@@ -181,8 +181,18 @@ def member_options(cfg: Config, member: str, *, has_gpu: bool) -> dict[str, Any]
         "max_ongoing_requests": s.max_ongoing_requests,
         "max_queued_requests": s.max_queued_requests,
         "backpressure_config": backpressure_config(cfg),
-        "ray_actor_options": {"num_cpus": s.num_cpus, "num_gpus": s.num_gpus if has_gpu else 0},
+        "ray_actor_options": {
+            "num_cpus": s.num_cpus,
+            "num_gpus": s.num_gpus if has_gpu else 0,
+            **replica_runtime_env(cfg),
+        },
     }
+
+
+def replica_runtime_env(cfg: Config) -> dict[str, Any]:
+    """The ``ray_actor_options`` entry that sets ``serve.replica_env`` in each replica (none if empty)."""
+    env = dict(cfg.serve.replica_env)
+    return {"runtime_env": {"env_vars": env}} if env else {}
 
 
 def backpressure_config(cfg: Config) -> dict[str, Any]:
@@ -222,7 +232,7 @@ def build_app(args: AppArgs | dict[str, Any] | None = None) -> Application:
         max_ongoing_requests=cfg.serve.max_ongoing_requests,
         max_queued_requests=cfg.serve.max_queued_requests,
         backpressure_config=backpressure_config(cfg),
-        ray_actor_options={"num_cpus": cfg.serve.ingress_num_cpus},
+        ray_actor_options={"num_cpus": cfg.serve.ingress_num_cpus, **replica_runtime_env(cfg)},
         user_config=dict(a.fusion or {}),
     )
     return ingress.bind(cfg, handles, spec)

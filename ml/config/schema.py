@@ -7,6 +7,7 @@ allowed keys. Reading files, profiles and overrides is :mod:`ml.config.loading`.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -344,6 +345,13 @@ class DeviceBatching(_Strict):
     window_batch_size: Annotated[int, Field(ge=1)] | None = None  # None: inference.batch_size
 
 
+def _env_text(value: Any) -> Any:
+    """An environment value as text (booleans as ``1``/``0``); other types are left for pydantic to refuse."""
+    if isinstance(value, bool):
+        return str(int(value))
+    return str(value) if isinstance(value, int | float) else value
+
+
 class ServeConfig(_Strict):
     """Ray Serve application: one deployment per member plus a FastAPI ingress.
 
@@ -374,6 +382,19 @@ class ServeConfig(_Strict):
     api_key: str | None = None
     cors_origins: list[str] = []
     models_dir: Path | None = None
+    # environment of every replica process (ingress and members): Serve's request-path switches
+    replica_env: dict[str, str] = {}
+
+    @field_validator("replica_env", mode="before")
+    @classmethod
+    def _env(cls, env: Any) -> Any:
+        if not isinstance(env, dict):
+            return env
+        bad = [k for k in env if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(k))]
+        if bad:
+            raise ValueError(f"not environment variable names: {bad}")
+        # `--set serve.replica_env.X=1` and unquoted YAML give numbers and booleans; an environment holds text
+        return {k: _env_text(v) for k, v in env.items()}
 
     @model_validator(mode="after")
     def _check(self) -> ServeConfig:

@@ -691,7 +691,11 @@ def test_app_args_and_member_options(api_cfg: Config) -> None:
     )
     gpu = member_options(cfg, "res_bpm", has_gpu=True)
     assert gpu["name"] == "member_res_bpm"
-    assert gpu["ray_actor_options"] == {"num_cpus": cfg.serve.num_cpus, "num_gpus": 0.25}
+    env = {"runtime_env": {"env_vars": dict(cfg.serve.replica_env)}}
+    assert cfg.serve.replica_env  # config.yml sets Serve's request-path switches
+    assert gpu["ray_actor_options"] == {"num_cpus": cfg.serve.num_cpus, "num_gpus": 0.25, **env}
+    bare = cfg.model_copy(update={"serve": cfg.serve.model_copy(update={"replica_env": {}})})
+    assert "runtime_env" not in member_options(bare, "res_bpm", has_gpu=False)["ray_actor_options"]
     assert gpu["autoscaling_config"]["min_replicas"] == 2 and gpu["autoscaling_config"]["max_replicas"] == 3
     assert gpu["max_ongoing_requests"] == cfg.serve.max_ongoing_requests
     assert gpu["max_queued_requests"] == cfg.serve.max_queued_requests

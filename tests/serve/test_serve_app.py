@@ -71,6 +71,15 @@ def test_replica_counts_and_options_from_config(serve_url: str, serve_cfg: Confi
     assert conf["ray_actor_options"]["num_gpus"] == pytest.approx(serve_cfg.serve.num_gpus)
     ingress = details["ingress"]["deployment_config"]
     assert ingress["ray_actor_options"]["num_cpus"] == pytest.approx(serve_cfg.serve.ingress_num_cpus)
+    # every replica process runs with serve.replica_env (Serve's request-path switches)
+    assert serve_cfg.serve.replica_env
+    pids = [r["pid"] for replicas in replica_details().values() for r in replicas]
+    assert len(pids) == 4
+    for pid in pids:
+        environ = dict(
+            kv.split("=", 1) for kv in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in kv
+        )
+        assert {k: environ.get(k) for k in serve_cfg.serve.replica_env} == serve_cfg.serve.replica_env, pid
 
 
 def test_multi_model_over_http_matches_in_process(
