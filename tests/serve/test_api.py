@@ -743,3 +743,33 @@ def test_single_model_uses_the_members_fitted_thresholds(
     body = plain.post(SINGLE, files=files_of(audio_files, "wav"), data={"model": "res_genre"}).json()
     assert set(body["thresholds"].values()) == {api_cfg.inference.threshold}
     assert c.get("/models").json()["spec"]["registered_model"] == "mpic-x-ensemble-fake"
+
+
+def test_a_failing_serve_run_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``deploy`` applies configs with ``serve run``; its failure surfaces with the command's last lines."""
+    import subprocess
+    import types
+
+    import serve.app as app_mod
+
+    calls: list[list[str]] = []
+
+    def fake_run(cmd: list[str], **_: Any) -> subprocess.CompletedProcess[str]:
+        calls.append(cmd)
+        out, err = "Running config file\n", "ValueError: bad app\n"
+        return subprocess.CompletedProcess(cmd, 1, stdout=out, stderr=err)
+
+    context = types.SimpleNamespace(gcs_address="127.0.0.1:6379")
+    monkeypatch.setattr(app_mod.ray, "get_runtime_context", lambda: context)
+    monkeypatch.setattr(app_mod.subprocess, "run", fake_run)
+    with pytest.raises(RuntimeError, match=r"serve run failed:\nRunning config file\nValueError: bad app"):
+        app_mod._serve_run_config({"applications": []})
+    assert calls[0][-4:-1] == ["--non-blocking", "--address", "127.0.0.1:6379"]
+    assert calls[0][-1].endswith("serve_config.yaml")
+
+    def too_slow(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        raise subprocess.TimeoutExpired(cmd, kw["timeout"])
+
+    monkeypatch.setattr(app_mod.subprocess, "run", too_slow)
+    with pytest.raises(TimeoutError, match="did not submit the config within 5 s"):
+        app_mod._serve_run_config({"applications": []}, timeout_s=5)
