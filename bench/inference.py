@@ -613,12 +613,11 @@ class Server:
         app = serve.status().applications.get(APP_NAME)
         if app is None:
             return {}
-        # replica_states counts replicas per state; its keys are ReplicaState values (str enum)
-        running = {
-            d: {str(getattr(k, "value", k)): n for k, n in s.replica_states.items()}
+        # replica_states counts replicas per ReplicaState (a str enum)
+        return {
+            d: sum(n for state, n in s.replica_states.items() if state == "RUNNING")
             for d, s in app.deployments.items()
         }
-        return {d: states.get("RUNNING", 0) for d, states in running.items()}
 
     def member_info(self) -> dict[str, Any]:
         """``/healthz`` member info (one replica each): batches, items, threads, device."""

@@ -329,8 +329,8 @@ def deploy(config: Mapping[str, Any], *, timeout_s: float = 300.0) -> None:
 def _serve_run_config(config: dict[str, Any], *, timeout_s: float = 120.0) -> None:
     """``serve run --non-blocking`` a config document against the connected Ray (returns once submitted)."""
     address = ray.get_runtime_context().gcs_address
-    # the console script of the interpreter's own environment (a venv need not be on PATH)
-    cmd = [sys.executable, "-c", "from ray.serve.scripts import cli; cli()", "run", "--non-blocking"]
+    # the `serve` CLI of the interpreter's own environment (a venv need not be on PATH)
+    cmd = [sys.executable, "-m", "ray.serve.scripts", "run", "--non-blocking"]
     with tempfile.TemporaryDirectory(prefix="mpic-serve-") as tmp:
         path = Path(tmp) / "serve_config.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
