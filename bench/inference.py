@@ -571,13 +571,14 @@ class Server:
 
         t0 = time.perf_counter()
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-        ray.init(
-            address="local",
-            num_cpus=int(common.machine_info()["usable_cores"] or 1),
-            num_gpus=torch.cuda.device_count(),
-            include_dashboard=False,
-            log_to_driver=False,
-        )
+        with self.cfg.ray.local_environment():  # as `mpic serve` starts a local Ray
+            ray.init(
+                address="local",
+                num_cpus=int(common.machine_info()["usable_cores"] or 1),
+                num_gpus=torch.cuda.device_count(),
+                include_dashboard=False,
+                log_to_driver=False,
+            )
         port = free_port()
         http = {
             "host": "127.0.0.1",

@@ -94,13 +94,14 @@ def init_ray(cfg: Config, **kwargs: Any) -> bool:
         runtime_env = {"working_dir": str(PROJECT_DIR), "excludes": WORKING_DIR_EXCLUDES}
         ray.init(address=cfg.ray.address, runtime_env=kwargs.pop("runtime_env", runtime_env), **kwargs)
     else:
-        ray.init(
-            address="local",
-            num_cpus=_maybe_int(cfg.ray.num_cpus),
-            num_gpus=_maybe_int(cfg.ray.num_gpus),
-            dashboard_host=cfg.ray.dashboard_host,
-            **kwargs,
-        )
+        with cfg.ray.local_environment():  # the local Ray's processes start with ray.env
+            ray.init(
+                address="local",
+                num_cpus=_maybe_int(cfg.ray.num_cpus),
+                num_gpus=_maybe_int(cfg.ray.num_gpus),
+                dashboard_host=cfg.ray.dashboard_host,
+                **kwargs,
+            )
     return True
 
 

@@ -416,12 +416,14 @@ def run_local(
     """
     if not ray.is_initialized():
         local: dict[str, Any] = {} if cfg.ray.address else {"dashboard_host": cfg.ray.dashboard_host}
-        ray.init(
-            address=cfg.ray.address,
-            num_cpus=None if cfg.ray.num_cpus is None else int(cfg.ray.num_cpus),
-            num_gpus=None if cfg.ray.num_gpus is None else int(cfg.ray.num_gpus),
-            **local,
-        )
+        # a local Ray's processes (Serve's controller and proxy among them) start with ray.env
+        with cfg.ray.local_environment():
+            ray.init(
+                address=cfg.ray.address,
+                num_cpus=None if cfg.ray.num_cpus is None else int(cfg.ray.num_cpus),
+                num_gpus=None if cfg.ray.num_gpus is None else int(cfg.ray.num_gpus),
+                **local,
+            )
     host = host or cfg.serve.host
     port = port or cfg.serve.port
     args = AppArgs(

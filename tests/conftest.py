@@ -60,14 +60,17 @@ def ray_session() -> Iterator[None]:
     """
     import ray
 
+    from ml.config import load_config
+
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(
-        num_cpus=8,
-        num_gpus=1,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
-    )
+    with load_config().ray.local_environment():  # as mpic starts a local Ray (Serve's controller, proxy)
+        ray.init(
+            num_cpus=8,
+            num_gpus=1,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+        )
     try:
         yield
     finally:

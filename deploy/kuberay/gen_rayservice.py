@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
+import re
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -88,6 +90,7 @@ spec:
           containers:
             - name: ray-head
               image: @IMAGE@:@RAY_VERSION@-@PY@
+              @RAY_ENV@
               ports:
                 - {containerPort: 6379, name: gcs-server}
                 - {containerPort: 8265, name: dashboard}
@@ -112,6 +115,7 @@ spec:
             containers:
               - name: ray-worker
                 image: @IMAGE@:@RAY_VERSION@-@PY@
+                @RAY_ENV@
                 ports:
                   - {containerPort: @PORT@, name: serve}
                 resources:
@@ -134,6 +138,7 @@ spec:
             containers:
               - name: ray-worker
                 image: @IMAGE@:@RAY_VERSION@-@PY@-gpu
+                @RAY_ENV@
                 ports:
                   - {containerPort: @PORT@, name: serve}
                 resources:
@@ -208,6 +213,20 @@ def render_serve_config(host: str = POD_HOST) -> str:
     return yaml.safe_dump(cluster_serve_config(host), sort_keys=False, width=100)
 
 
+def ray_env() -> dict[str, str]:
+    """config.yml's ``ray.env``: the environment ``ray start`` runs with in every pod.
+
+    Serve's controller and proxies inherit it; replicas also get ``serve.replica_env`` (Serve config).
+    """
+    return dict(_shared_cfg().ray.env)
+
+
+def _env_block(indent: str) -> str:
+    """``env:`` of a container at ``indent`` (a JSON string per value, so numbers stay text)."""
+    items = [f"{indent}  - {{name: {k}, value: {json.dumps(v)}}}" for k, v in ray_env().items()]
+    return "\n".join([f"{indent}env:", *items]) if items else f"{indent}env: []"
+
+
 def render() -> str:
     """The whole RayService manifest."""
     serve_cfg = cluster_serve_config()
@@ -221,7 +240,7 @@ def render() -> str:
         "@PORT@": str(port),
         "@PVC@": SHARED_PVC,
     }
-    text = HEADER + TEMPLATE
+    text = re.sub(r"^( *)@RAY_ENV@$", lambda m: _env_block(m.group(1)), HEADER + TEMPLATE, flags=re.M)
     for key, value in subs.items():
         text = text.replace(key, value)
     return text

@@ -7,7 +7,10 @@ allowed keys. Reading files, profiles and overrides is :mod:`ml.config.loading`.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -352,6 +355,19 @@ def _env_text(value: Any) -> Any:
     return str(value) if isinstance(value, int | float) else value
 
 
+def _env_vars(env: Any) -> Any:
+    """Check the names of an environment mapping and turn its values into text.
+
+    `--set serve.replica_env.X=1` and unquoted YAML give numbers and booleans; an environment holds text.
+    """
+    if not isinstance(env, dict):
+        return env
+    bad = [k for k in env if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(k))]
+    if bad:
+        raise ValueError(f"not environment variable names: {bad}")
+    return {k: _env_text(v) for k, v in env.items()}
+
+
 class ServeConfig(_Strict):
     """Ray Serve application: one deployment per member plus a FastAPI ingress.
 
@@ -388,13 +404,7 @@ class ServeConfig(_Strict):
     @field_validator("replica_env", mode="before")
     @classmethod
     def _env(cls, env: Any) -> Any:
-        if not isinstance(env, dict):
-            return env
-        bad = [k for k in env if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(k))]
-        if bad:
-            raise ValueError(f"not environment variable names: {bad}")
-        # `--set serve.replica_env.X=1` and unquoted YAML give numbers and booleans; an environment holds text
-        return {k: _env_text(v) for k, v in env.items()}
+        return _env_vars(env)
 
     @model_validator(mode="after")
     def _check(self) -> ServeConfig:
@@ -454,7 +464,13 @@ class MlflowConfig(_Strict):
 
 
 class RayConfig(_Strict):
-    """How jobs reach Ray: an address (cluster) or a local instance started for the run."""
+    """How jobs reach Ray: an address (cluster) or a local instance started for the run.
+
+    ``env`` is the environment of a local Ray that mpic starts (:meth:`local_environment`): its raylet and
+    GCS, and every worker they spawn (Serve's controller and proxy among them) inherit it. A cluster's nodes
+    get it where ``ray start`` runs (``cluster.yaml``, ``deploy/kuberay``); Serve replicas also get
+    ``serve.replica_env`` wherever they run.
+    """
 
     address: str | None = None
     num_cpus: Annotated[float, Field(gt=0)] | None = None
@@ -462,6 +478,30 @@ class RayConfig(_Strict):
     # A local/NFS path or a URI (s3://, gs://): a str, since Path("s3://b/x") would collapse to "s3:/b/x".
     storage_path: str = ".cache/mpic/ray_results"
     dashboard_host: str = "127.0.0.1"
+    env: dict[str, str] = {}
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env(cls, env: Any) -> Any:
+        return _env_vars(env)
+
+    @contextlib.contextmanager
+    def local_environment(self) -> Iterator[None]:
+        """Set :attr:`env` in this process's environment for the ``with`` block, then restore it.
+
+        Start a local Ray inside the block: its processes are spawned from this one and keep the values
+        (Ray reads them at each process's start), while this process's own environment is left as it was.
+        """
+        saved = {k: os.environ.get(k) for k in self.env}
+        os.environ.update(self.env)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 class Config(_Strict):

@@ -8,6 +8,7 @@ key Ray no longer knows, a bad type or a min/max mismatch fails here when Ray is
 from __future__ import annotations
 
 import copy
+import os
 import re
 import shutil
 import subprocess
@@ -156,6 +157,23 @@ def test_commands_are_valid_shell(prepared: dict[str, Any]) -> None:
         for cmd in prepared[key]:
             r = subprocess.run(["bash", "-n", "-c", cmd], capture_output=True, text=True)
             assert r.returncode == 0, f"{key}: {cmd!r}: {r.stderr}"
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+@pytest.mark.parametrize("key", ["head_start_ray_commands", "worker_start_ray_commands"])
+def test_ray_start_runs_with_the_configured_ray_env(raw: dict[str, Any], key: str) -> None:
+    """`ray start` on every node gets config.yml's ``ray.env`` (Serve's controller and proxies inherit it)."""
+    env = load_config().ray.env
+    assert env  # config.yml slows Serve's control loop and metrics export (docs/benchmarks.md)
+    starts = [c for c in raw[key] if "ray start" in c]
+    assert len(starts) == 1, starts
+    # run the command with `ray start` replaced by a dump of the environment it would have started with
+    probe = starts[0].replace("ray start", "env; true")
+    r = subprocess.run(
+        ["bash", "-c", probe], capture_output=True, text=True, env={"PATH": os.environ["PATH"]}
+    )
+    seen = dict(line.split("=", 1) for line in r.stdout.splitlines() if "=" in line)
+    assert {k: seen.get(k) for k in env} == env
 
 
 # ---- shared storage through the config ---------------------------------------------------------------

@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
+from ml.config import load_config
+
 ROOT = Path(__file__).resolve().parents[2]
 KUBERAY = ROOT / "deploy" / "kuberay"
 PY_TAG = f"py{sys.version_info.major}{sys.version_info.minor}"
@@ -201,6 +203,8 @@ def test_rayservice_cluster(rayservice: dict[str, Any], serve_v2: dict[str, Any]
     for t in templates:  # KubeRay routes to / health-checks the container port named "serve"
         (c,) = _containers(t)
         assert {"containerPort": port, "name": "serve"} in c["ports"]
+        # `ray start` in every pod runs with config.yml's ray.env (Serve's controller and proxies inherit it)
+        assert {e["name"]: e["value"] for e in c["env"]} == load_config().ray.env != {}
 
 
 def test_serve_config_v2_agrees_with_serve_config(

@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,28 @@ def test_synth_libraries_and_the_old_key(raw):
         config_from_dict(raw, overrides=["synth.soundfonts=[opl3]"])
     with pytest.raises(ConfigError, match="unique"):
         config_from_dict(raw, overrides=["synth.libraries=[opl3, OPL3]"])
+
+
+def test_ray_env_is_text_with_valid_names(raw):
+    cfg = config_from_dict(raw, overrides=["ray.env.MPIC_X=1", "ray.env.MPIC_Y=true", "ray.env.MPIC_Z=0.5"])
+    assert {k: cfg.ray.env[k] for k in ("MPIC_X", "MPIC_Y", "MPIC_Z")} == {
+        "MPIC_X": "1",
+        "MPIC_Y": "1",
+        "MPIC_Z": "0.5",
+    }
+    with pytest.raises(ConfigError) as e:
+        config_from_dict(raw, overrides=["ray.env={'BAD NAME': 1}"])
+    assert "ray.env" in str(e.value) and "not environment variable names: ['BAD NAME']" in str(e.value)
+
+
+def test_ray_local_environment_is_scoped(raw, monkeypatch):
+    """Inside the block the process has ray.env (so has a local Ray started there); after it, what it had."""
+    monkeypatch.setenv("MPIC_KEPT", "before")
+    monkeypatch.delenv("MPIC_NEW", raising=False)
+    cfg = config_from_dict(raw, overrides=["ray.env={MPIC_KEPT: inside, MPIC_NEW: 2}"])
+    with cfg.ray.local_environment():
+        assert os.environ["MPIC_KEPT"] == "inside" and os.environ["MPIC_NEW"] == "2"
+    assert os.environ["MPIC_KEPT"] == "before" and "MPIC_NEW" not in os.environ
+    with pytest.raises(RuntimeError), cfg.ray.local_environment():
+        raise RuntimeError("ray.init failed")
+    assert os.environ["MPIC_KEPT"] == "before" and "MPIC_NEW" not in os.environ
