@@ -65,6 +65,7 @@ from ml.config.schema import (
     SynthConfig,
     TagConfig,
     TrainConfig,
+    scoped_environ,
 )
 
 __all__ = [
@@ -110,4 +111,5 @@ __all__ = [
     "find_config",
     "load_config",
     "parse_cli_overrides",
+    "scoped_environ",
 ]

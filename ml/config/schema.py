@@ -368,6 +368,21 @@ def _env_vars(env: Any) -> Any:
     return {k: _env_text(v) for k, v in env.items()}
 
 
+@contextlib.contextmanager
+def scoped_environ(env: dict[str, str]) -> Iterator[None]:
+    """Set ``env`` in this process's environment for the ``with`` block, then restore what was there."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 class ServeConfig(_Strict):
     """Ray Serve application: one deployment per member plus a FastAPI ingress.
 
@@ -492,16 +507,8 @@ class RayConfig(_Strict):
         Start a local Ray inside the block: its processes are spawned from this one and keep the values
         (Ray reads them at each process's start), while this process's own environment is left as it was.
         """
-        saved = {k: os.environ.get(k) for k in self.env}
-        os.environ.update(self.env)
-        try:
+        with scoped_environ(self.env):
             yield
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
 
 class Config(_Strict):

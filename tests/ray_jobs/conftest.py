@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ml.config import Config
+from ml.config import Config, scoped_environ
 
 
 @pytest.fixture(scope="session")
@@ -43,17 +42,8 @@ def smoke_training(
     )
     from ray_jobs.train import train
 
-    saved = {k: os.environ.get(k) for k in (FAIL_EPOCH_ENV, FAIL_ONLY_ENV)}
-    os.environ[FAIL_EPOCH_ENV] = "0"
-    os.environ[FAIL_ONLY_ENV] = "res_genre/0"
-    try:
+    with scoped_environ({FAIL_EPOCH_ENV: "0", FAIL_ONLY_ENV: "res_genre/0"}):
         t0 = time.perf_counter()
         summary = train(cfg)
         wall = time.perf_counter() - t0
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     yield cfg, summary, wall
