@@ -147,10 +147,17 @@ class TrainJob:
             self.fetch_checkpoint(str(path), Path(tmp))
             info = publish(self.cfg, member, fold, Path(tmp))
         out = self._outcome(member, fold, "trained", info)
-        rows = [r for r in self.rows.get(key, []) if not r.get("final") and "epoch" in r]
+        every = self.rows.get(key, [])
+        rows = [r for r in every if not r.get("final") and "epoch" in r]
         out.reported_epochs = [int(r["epoch"]) for r in rows]
         resumed = [int(r["epoch"]) for r in rows if r.get("resumed")]
-        out.resumed_at_epoch = resumed[0] if resumed else None
+        if resumed:
+            out.resumed_at_epoch = resumed[0]
+        elif any(r.get("final") and r.get("resumed") for r in every):
+            # resumed from a checkpoint with every epoch done (killed before the driver published it)
+            out.resumed_at_epoch = out.epochs_run
+        else:
+            out.resumed_at_epoch = None
         self.outcomes[key] = out
         return out
 

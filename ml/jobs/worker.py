@@ -134,6 +134,8 @@ def fit_fold(
                 (out / RESULT_FILE).write_text(json.dumps(info, indent=2))
             final = {
                 "final": 1.0,
+                # a resumed worker that had nothing left to train reports no epochs: this row says it resumed
+                "resumed": float(hooks.resumed),
                 "best_epoch": float(info["best_epoch"]),
                 "epochs_run": float(info["epochs_run"]),
                 **{f"best_{k}": float(v) for k, v in info["metrics"].items() if k.startswith("val_")},
