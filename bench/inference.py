@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import common
+from bench import common, procs
 from ml.config import Config, apply_override
 
 NAME = "inference"
@@ -427,33 +427,8 @@ def ratio(product_audio_s_per_s: float, limit_audio_s_per_s: float) -> float | N
 # -- process CPU accounting (this process's descendants: the Ray started here) --
 
 
-def _children_map() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(d.name))
-    return children
-
-
-def _descendants() -> list[int]:
-    children, out, todo = _children_map(), [], [os.getpid()]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def _role(pid: int) -> str | None:
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return None
+def _role(cmd: str) -> str:
+    """The Serve role of a process from its command line (a replica by its deployment's name)."""
     if "ray::ServeReplica:" in cmd:
         return cmd.split("ray::ServeReplica:", 1)[1].split()[0].split(":")[-1].split(".")[0]
     for marker, role in (("ray::ProxyActor", "proxy"), ("ray::ServeController", "controller")):
@@ -462,24 +437,16 @@ def _role(pid: int) -> str | None:
     return "ray (other)"
 
 
-def _cpu_seconds(pid: int) -> float | None:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
 def cpu_snapshot() -> dict[int, tuple[str, float]]:
     """``{pid: (role, cpu seconds)}`` of this process (role ``client``) and its descendants."""
     out: dict[int, tuple[str, float]] = {}
-    me = _cpu_seconds(os.getpid())
+    me = procs.cpu_seconds(os.getpid())
     if me is not None:
         out[os.getpid()] = (CLIENT_ROLE, me)
-    for pid in _descendants():
-        role, cpu = _role(pid), _cpu_seconds(pid)
-        if role is not None and cpu is not None:
-            out[pid] = (role, cpu)
+    for pid, cmd in procs.tree().items():
+        cpu = procs.cpu_seconds(pid)
+        if cpu is not None:
+            out[pid] = (_role(cmd), cpu)
     return out
 
 

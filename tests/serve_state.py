@@ -7,8 +7,6 @@ ask the controller through the client Ray's own ``serve`` CLI uses.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 from serve.app import APP_NAME
@@ -42,32 +40,3 @@ def serve_http_url() -> str:
     host = "127.0.0.1" if host in {"0.0.0.0", ""} else ("::1" if host == "::" else host)
     shown = f"[{host}]" if ":" in host else host
     return f"http://{shown}:{int(opts.get('port') or 8000)}"
-
-
-def ray_processes() -> dict[int, str]:
-    """``{pid: command line}`` of this process's descendants (the local Ray a test session started)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out: dict[int, str] = {}
-    todo = [os.getpid()]
-    while todo:
-        for pid in children.get(todo.pop(), []):
-            todo.append(pid)
-            try:
-                out[pid] = (
-                    Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                )
-            except OSError:
-                continue
-    return out
-
-
-def proc_environ(pid: int) -> dict[str, str]:
-    """The environment a process started with (``/proc/<pid>/environ``)."""
-    raw = Path(f"/proc/{pid}/environ").read_text(errors="replace")
-    return dict(kv.split("=", 1) for kv in raw.split("\0") if "=" in kv)

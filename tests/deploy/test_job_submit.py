@@ -35,6 +35,7 @@ from pathlib import Path
 
 import pytest
 
+from bench import procs
 from ml.config import load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,23 +82,9 @@ class Cluster:
 
 def _cluster_processes(temp_dir: Path) -> list[int]:
     """Pids of the cluster under ``temp_dir``: processes naming it on their command line, and descendants."""
-    parents: dict[int, int] = {}
-    named: set[int] = set()
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        with contextlib.suppress(OSError):
-            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ")
-            stat = (d / "stat").read_text()
-            parents[int(d.name)] = int(stat[stat.rindex(")") + 2 :].split()[1])
-            if str(temp_dir).encode() in cmd:
-                named.add(int(d.name))
-    mine = set(named)
-    grew = True
-    while grew:  # children of the raylet (workers, job drivers) whose command lines may not name it
-        new = {pid for pid, ppid in parents.items() if ppid in mine and pid not in mine}
-        mine |= new
-        grew = bool(new)
+    named = {pid for pid in procs.parents() if str(temp_dir) in procs.cmdline(pid)}
+    # children of the raylet (workers, job drivers) whose command lines may not name it
+    mine = named | set(procs.descendants(*named)) if named else set()
     mine.discard(os.getpid())
     return sorted(mine)
 

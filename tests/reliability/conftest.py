@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from bench import procs
 from tests.serve.conftest import (  # noqa: F401  (fixtures, re-exported for this directory)
     api_cfg,
     audio_files,
@@ -58,38 +59,9 @@ def rss_bytes(pid: int) -> int | None:
     return None
 
 
-def cmdline(pid: int) -> str:
-    """The process title/command line ('' when gone)."""
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-    except OSError:
-        return ""
-
-
-def descendants(root: int | None = None) -> list[int]:
-    """Pids of every live descendant of ``root`` (default: this process): the session's Ray lives there."""
-    root = os.getpid() if root is None else root
-    children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(d.name))
-    out, todo = [], [root]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
 def find_descendants(marker: str) -> list[int]:
     """Descendant pids whose command line contains ``marker`` (e.g. ``ray::ServeController``)."""
-    return [p for p in descendants() if marker in cmdline(p)]
+    return [pid for pid, cmd in procs.tree().items() if marker in cmd]
 
 
 def wait_for(predicate: Any, timeout_s: float, what: str, interval_s: float = 0.25) -> float:

@@ -27,8 +27,9 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.procs import descendants
 from ml.config import Config
-from tests.reliability.conftest import LONG_FAULTS_ENV, descendants, find_descendants, report, wait_for
+from tests.reliability.conftest import LONG_FAULTS_ENV, find_descendants, report, wait_for
 from tests.reliability.corpus import encode, tone
 from tests.reliability.loadgen import LoadThread, summarize
 
@@ -189,7 +190,10 @@ def test_training_job_killed_and_resubmitted(
     from ml import tracking
     from ray_jobs.train import fold_dir, train
 
-    # the slow fold is 1-3 epochs in when the quick one is done (2 cores): 6 epochs leave a margin
+    # the slow fold is 1-3 epochs in when the quick one is done (2 cores): 6 epochs leave a margin. On a
+    # slower machine it may have committed all of them before the driver published it (CI, 2026-12-02):
+    # then the resubmitted fold trains nothing and says it resumed at its last epoch
+    # (tests/ml/jobs/test_resume_accounting.py)
     cfg = train_cfg(smoke_cfg, tmp_path, slow_epochs=8 if long_faults else 6)
     cfg_file = tmp_path / "cfg.json"
     cfg_file.write_text(json.dumps(cfg.snapshot()))

@@ -16,13 +16,14 @@ import pytest
 import ray
 from ray import serve
 
+from bench import procs
 from ml.audio import resample
 from ml.config import Config
 from ml.inference import frame_windows, window_starts
 from ml.service import LocalBackend
 from serve.api import create_api
 from serve.app import APP_NAME, AppArgs, deploy, member_deployment_name, serve_config
-from tests.serve_state import proc_environ, ray_processes, replica_details, serve_details
+from tests.serve_state import replica_details, serve_details
 
 MULTI = "/analyze_files/multi_model"
 SINGLE = "/analyze_files/single_model"
@@ -76,14 +77,14 @@ def test_replica_counts_and_options_from_config(serve_url: str, serve_cfg: Confi
     pids = [r["pid"] for replicas in replica_details().values() for r in replicas]
     assert len(pids) == 4
     for pid in pids:
-        environ = proc_environ(pid)
+        environ = procs.environ(pid)
         assert {k: environ.get(k) for k in serve_cfg.serve.replica_env} == serve_cfg.serve.replica_env, pid
     # Serve's controller and proxy were started by the local Ray with ray.env (its control loop, metrics)
     assert serve_cfg.ray.env
-    system = [pid for pid, cmd in ray_processes().items() if "ServeController" in cmd or "ProxyActor" in cmd]
+    system = [pid for pid, cmd in procs.tree().items() if "ServeController" in cmd or "ProxyActor" in cmd]
     assert len(system) >= 2
     for pid in system:
-        environ = proc_environ(pid)
+        environ = procs.environ(pid)
         assert {k: environ.get(k) for k in serve_cfg.ray.env} == serve_cfg.ray.env, pid
 
 
