@@ -297,12 +297,16 @@ def _parse_piece(path: Path, name: str) -> ScorePiece | None:
     """One score as a :class:`ScorePiece`; None when it has fewer than two parts with notes."""
     from music21 import corpus, key, meter, stream
 
-    parsed = corpus.parse(str(path))
+    # forceSource: no pickle in music21's scratch folder (the caller caches the note lists itself)
+    parsed = corpus.parse(str(path), forceSource=True)
     if isinstance(parsed, stream.Opus):  # an ABC file may hold several tunes: the first one
         parsed = parsed.scores[0] if parsed.scores else None
     if not isinstance(parsed, stream.Score):
         return None
-    score = parsed.stripTies()  # a tied chain becomes one note (a re-struck key would sound different)
+    # a tied chain becomes one note (a re-struck key would sound different); in place: a copy of the score
+    # is most of the cost of stripping ties, and the parsed score is ours
+    parsed.stripTies(inPlace=True)
+    score = parsed
     parts = tuple(p for p in (_note_list(part) for part in score.parts) if p)
     if len(parts) < 2:
         return None
