@@ -156,8 +156,6 @@ class TrainJob:
         elif any(r.get("final") and r.get("resumed") for r in every):
             # resumed from a checkpoint with every epoch done (killed before the driver published it)
             out.resumed_at_epoch = out.epochs_run
-        else:
-            out.resumed_at_epoch = None
         self.outcomes[key] = out
         return out
 
